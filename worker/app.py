@@ -1,0 +1,74 @@
+"""The Celery application: ``celery -A worker.app worker`` starts a worker."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import structlog
+from celery import Celery, signals
+
+from worker import jsontext
+from worker.logs import configure_logging
+from worker.settings import get_settings
+
+TASK_NAME = "webhook_step.execute"
+
+log = structlog.get_logger(__name__)
+
+jsontext.register_kombu_codec()
+_settings = get_settings()
+
+app = Celery(
+    "webhook_step_worker", broker=_settings.broker_url, include=["worker.tasks"]
+)
+app.conf.update(
+    # JSON only: pickle would let a queue writer run code in the worker.
+    task_serializer="json",
+    result_serializer="json",
+    event_serializer="json",
+    accept_content=["json"],
+    # Results live in the result stream, not in celery-task-meta-* keys.
+    task_ignore_result=True,
+    # At-least-once delivery: a job is acknowledged only after its result is
+    # published (or a retry is queued), and a killed worker's jobs come back.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    # Infrastructure errors (Redis down) must not acknowledge the job.
+    task_acks_on_failure_or_timeout=False,
+    worker_prefetch_multiplier=1,
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={"visibility_timeout": _settings.visibility_timeout_s},
+    task_default_queue=_settings.queue,
+    task_routes={TASK_NAME: {"queue": _settings.queue}},
+    worker_pool=_settings.pool,
+    worker_concurrency=_settings.concurrency,
+    worker_hijack_root_logger=False,
+    # Task events let Flower show jobs; arguments appear only as a redacted summary.
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+)
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_kwargs: Any) -> None:
+    configure_logging(_settings.log_format, _settings.log_level)
+
+
+@signals.worker_init.connect
+def _check_before_start(**_kwargs: Any) -> None:
+    from worker.startup import startup_problems
+
+    problems = startup_problems(_settings)
+    if problems:
+        for problem in problems:
+            log.error("worker.config_invalid", error=problem)
+        log.error("worker.not_started", reason="fix the settings above and start again")
+        sys.exit(2)
+    log.info(
+        "worker.ready",
+        queue=_settings.queue,
+        config_dir=str(_settings.config_dir),
+        result_stream=_settings.result_stream,
+    )

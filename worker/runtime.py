@@ -1,0 +1,54 @@
+"""The per-process objects a worker needs, built once from the settings."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import redis
+
+from worker.settings import WorkerSettings, get_settings
+from worker.step import StepRunner
+from worker.store import ResultStore
+from worker.tenants import TenantStore
+from worker.webhook import WebhookClient
+
+_lock = threading.Lock()
+_runner: tuple[int, StepRunner] | None = None
+
+
+def result_store(settings: WorkerSettings) -> ResultStore:
+    client = redis.Redis.from_url(settings.results_redis_url)
+    return ResultStore(
+        client,
+        key_prefix=settings.key_prefix,
+        result_stream=settings.result_stream,
+        dead_letter_stream=settings.dead_letter_stream,
+        result_ttl_s=settings.result_ttl_s,
+        stream_maxlen=settings.result_stream_maxlen,
+    )
+
+
+def build_runner(settings: WorkerSettings, *, with_redis: bool = True) -> StepRunner:
+    return StepRunner(
+        tenants=TenantStore(settings.config_dir),
+        client=WebhookClient(
+            allow_private_networks=settings.allow_private_networks,
+            max_response_bytes=settings.max_response_bytes,
+            pool_size=settings.http_pool_size,
+        ),
+        store=result_store(settings) if with_redis else None,
+        max_deliveries=settings.max_deliveries,
+    )
+
+
+def get_runner() -> StepRunner:
+    """Return this process's runner; a forked pool process builds its own."""
+    global _runner
+    current = _runner
+    if current is not None and current[0] == os.getpid():
+        return current[1]
+    with _lock:
+        if _runner is None or _runner[0] != os.getpid():
+            _runner = (os.getpid(), build_runner(get_settings()))
+        return _runner[1]

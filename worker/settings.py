@@ -1,0 +1,126 @@
+"""Worker settings, read once from ``WEBHOOK_WORKER_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+ENV_PREFIX = "WEBHOOK_WORKER_"
+
+
+class WorkerSettings(BaseSettings):
+    """Every setting of the worker; see docs/configuration.md for the full table."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    broker_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL of the Celery broker.",
+    )
+    redis_url: str | None = Field(
+        None,
+        description=(
+            "Redis URL for results, markers and leases. "
+            "Default: the same as BROKER_URL."
+        ),
+    )
+    config_dir: Path = Field(
+        Path("config/tenants"),
+        description="Folder of tenant settings files, one <TenantId>.json each.",
+    )
+    queue: str = Field("webhook_steps", description="Celery queue the worker consumes.")
+    result_stream: str = Field(
+        "webhook_steps:results", description="Redis stream that receives results."
+    )
+    dead_letter_stream: str = Field(
+        "webhook_steps:dead",
+        description="Redis stream for messages without a usable JobId.",
+    )
+    key_prefix: str = Field(
+        "webhook_steps",
+        description="Prefix of the Redis keys for done markers, leases and counters.",
+    )
+    result_ttl_s: int = Field(
+        7 * 24 * 3600,
+        gt=0,
+        description=(
+            "Seconds a result and its done marker are kept; a redelivered job "
+            "within this window publishes nothing new. Default: 7 days."
+        ),
+    )
+    result_stream_maxlen: int = Field(
+        1_000_000,
+        gt=0,
+        description="Approximate maximum entries of the result stream (XADD MAXLEN ~).",
+    )
+    allow_private_networks: bool = Field(
+        False,
+        description=(
+            "Allow webhook calls to loopback, private and link-local addresses. "
+            "Off in production; tests and the demo turn it on."
+        ),
+    )
+    max_response_bytes: int = Field(
+        1024 * 1024,
+        gt=0,
+        description="Largest webhook response body, in bytes after content decoding.",
+    )
+    max_deliveries: int = Field(
+        3,
+        ge=1,
+        description=(
+            "Deliveries of one attempt after which the job ends with an Error "
+            "result without calling, so a job that kills its worker cannot loop."
+        ),
+    )
+    pool: Literal["threads", "prefork", "solo"] = Field(
+        "threads", description="Celery pool used by the 'worker' command."
+    )
+    concurrency: int = Field(
+        16, ge=1, description="Jobs one worker runs at the same time."
+    )
+    visibility_timeout_s: int = Field(
+        3600,
+        gt=0,
+        description=(
+            "Seconds before Redis hands an unacknowledged job to another worker. "
+            "Must exceed the worst case of one job."
+        ),
+    )
+    http_pool_size: int = Field(
+        32, ge=1, description="Keep-alive connections kept per connector."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto",
+        description="json, console, or auto (console on a terminal, else json).",
+    )
+    log_level: str = Field("INFO", description="Level of the worker's logs.")
+
+    @property
+    def results_redis_url(self) -> str:
+        return self.redis_url or self.broker_url
+
+
+def load_settings() -> WorkerSettings:
+    """Read the settings from the environment, raising ConfigError on bad values."""
+    try:
+        return WorkerSettings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{ENV_PREFIX}{'_'.join(str(part) for part in item['loc']).upper()}: "
+            f"{item['msg']} (got {item.get('input')!r})"
+            for item in error.errors()
+        )
+        raise ConfigError(f"invalid worker settings: {problems}") from error
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> WorkerSettings:
+    """Return the process-wide settings, read on first use."""
+    return load_settings()

@@ -1,0 +1,474 @@
+"""One delivery of a job: validate, wait, select, call, update, publish.
+
+``StepRunner.run`` is a plain function of the message and its collaborators.
+It returns either a finished result or a request to run again later (the
+one-second countdown, a retry, a held lease); the Celery task turns the
+latter into a countdown. Nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import redis
+import structlog
+
+from worker import jsontext, secrets
+from worker.endpoint import Endpoint, request_headers, resolve_endpoint
+from worker.errors import (
+    ConfigError,
+    InvalidResponseBody,
+    JobInvalid,
+    NoEndpoint,
+    WebhookError,
+)
+from worker.job import Job, parse_job, usable_job_id
+from worker.results import (
+    ActionStatus,
+    JobIdentity,
+    StepResult,
+    export_event,
+    utc_timestamp,
+)
+from worker.store import ResultStore
+from worker.tenants import TenantStore
+from worker.updates import (
+    InvalidUpdate,
+    add_step_error,
+    apply_response,
+    changed_properties,
+    remove_step_errors,
+)
+from worker.webhook import WebhookClient
+
+log = structlog.get_logger(__name__)
+
+SAVE_DELAY_S = 1.0
+RETRY_DELAYS_S = (1.0, 5.0, 15.0)
+MAX_RETRY_DELAY_S = 60.0
+MAX_ATTEMPTS = len(RETRY_DELAYS_S) + 1
+LEASE_MARGIN_S = 5.0
+# Internal keyword arguments that only the worker's own messages carry.
+PROGRESS_KEY = "_progress"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What earlier deliveries of this job did, carried in the worker's own messages."""
+
+    attempts: int = 0
+    delayed: bool = False
+    first_attempt_ms: int | None = None
+    last_status: int | None = None
+    notes: tuple[str, ...] = ()
+
+    def to_message(self) -> dict[str, Any]:
+        return {
+            "attempts": self.attempts,
+            "delayed": self.delayed,
+            "first_attempt_ms": self.first_attempt_ms,
+            "last_status": self.last_status,
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_message(cls, value: Any) -> Progress:
+        if not isinstance(value, Mapping):
+            return cls()
+        notes = value.get("notes")
+        first = value.get("first_attempt_ms")
+        status = value.get("last_status")
+        return cls(
+            attempts=int(value.get("attempts") or 0),
+            delayed=bool(value.get("delayed")),
+            first_attempt_ms=int(first) if first is not None else None,
+            last_status=int(status) if status is not None else None,
+            notes=tuple(str(note) for note in notes) if isinstance(notes, list) else (),
+        )
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The job's result; ``published`` is False if an earlier delivery published it."""
+
+    result_json: str
+    published: bool
+
+
+@dataclass(frozen=True)
+class Reschedule:
+    """Run the job again after ``countdown_s``, carrying ``progress``."""
+
+    countdown_s: float
+    progress: Progress
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeadLettered:
+    """The message has no usable JobId, so it went to the dead-letter stream."""
+
+    reason: str
+
+
+Outcome = Finished | Reschedule | DeadLettered
+
+
+def fingerprint(raw_job: Any) -> str:
+    """Return a hash of the job, to tell a redelivery from a reuse of its JobId."""
+    text = jsontext.dumps(raw_job, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def redact(text: str, extra_secrets: list[str] | tuple[str, ...] = ()) -> str:
+    """Replace every known secret value in ``text`` with ``[REDACTED]``."""
+    for value in (*secrets.known_secrets(), *extra_secrets):
+        if value and value in text:
+            text = text.replace(value, "[REDACTED]")
+    return text
+
+
+@dataclass
+class StepRunner:
+    """Runs deliveries of jobs. ``store`` is None for run-step, which uses no Redis."""
+
+    tenants: TenantStore
+    client: WebhookClient
+    store: ResultStore | None
+    max_deliveries: int = 3
+    allow_retries: bool = True
+
+    def run(
+        self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]
+    ) -> Outcome:
+        """Process one delivery of a task message: ``args`` must be ``(job,)``."""
+        started_ms = _now_ms()
+        progress = Progress.from_message(kwargs.get(PROGRESS_KEY))
+        raw = args[0] if len(args) >= 1 else None
+        job_id = usable_job_id(raw)
+        if job_id is None:
+            return self._dead_letter(args, kwargs)
+
+        structlog.contextvars.bind_contextvars(job_id=job_id)
+        identity = JobIdentity.salvage(raw, job_id)
+        structlog.contextvars.bind_contextvars(
+            tenant_id=identity.tenant_id, order_id=identity.order_id
+        )
+        job_fingerprint = fingerprint(raw)
+
+        existing = self._existing_result(job_id, job_fingerprint)
+        if existing is not None:
+            return existing
+
+        problem = _argument_problem(args, kwargs)
+        if problem is not None:
+            return self._finish_invalid(identity, job_fingerprint, problem, started_ms)
+
+        if self.store is not None:
+            deliveries = self.store.count_delivery(job_id, progress.attempts)
+            if deliveries > self.max_deliveries:
+                reason = (
+                    f"the job was delivered {deliveries - 1} times without finishing, "
+                    "so it may crash the worker; it ends here without another call"
+                )
+                log.error("job.too_many_deliveries", deliveries=deliveries - 1)
+                return self._finish_invalid(
+                    identity, job_fingerprint, reason, started_ms
+                )
+
+        try:
+            job = parse_job(raw)
+        except JobInvalid as error:
+            return self._finish_invalid(
+                identity, job_fingerprint, str(error), started_ms
+            )
+
+        try:
+            return self._run_job(job, identity, job_fingerprint, progress, started_ms)
+        except redis.RedisError:
+            raise
+        except Exception as error:
+            log.exception("job.unexpected_error")
+            reason = redact(
+                f"unexpected error in the worker: {type(error).__name__}: {error}",
+                job.secret_values(),
+            )
+            return self._finish_invalid(identity, job_fingerprint, reason, started_ms)
+
+    def _run_job(
+        self,
+        job: Job,
+        identity: JobIdentity,
+        job_fingerprint: str,
+        progress: Progress,
+        started_ms: int,
+    ) -> Outcome:
+        if job.needs_delay and not progress.delayed:
+            return Reschedule(
+                SAVE_DELAY_S,
+                replace(progress, delayed=True),
+                "RunAfterOrderIsSaved: waiting for the order to be saved",
+            )
+
+        try:
+            endpoint = resolve_endpoint(job, self.tenants)
+        except (NoEndpoint, ConfigError) as error:
+            log.warning("job.no_endpoint", error=str(error))
+            result = StepResult(
+                identity=identity,
+                action_status=ActionStatus.ERROR,
+                cancel_workflow=False,
+                order=job.order,
+                error_reason=str(error),
+                messages=list(progress.notes),
+                duration_ms=_now_ms() - started_ms,
+            )
+            return self._publish(job.job_id, result, job_fingerprint)
+
+        connector = endpoint.connector
+        structlog.contextvars.bind_contextvars(
+            connector_id=connector.label
+            if connector
+            else f"inline:{endpoint.reference_id}"
+        )
+        lease_token = uuid.uuid4().hex
+        if self.store is not None:
+            lease_ttl_ms = int((endpoint.timeout_s + LEASE_MARGIN_S) * 1000)
+            held_ms = self.store.acquire_lease(job.job_id, lease_token, lease_ttl_ms)
+            if held_ms:
+                log.info("job.lease_held", retry_in_ms=held_ms)
+                return Reschedule(
+                    held_ms / 1000 + 0.1,
+                    progress,
+                    "another delivery is calling the webhook",
+                )
+
+        attempt = progress.attempts + 1
+        first_attempt_ms = progress.first_attempt_ms or _now_ms()
+        try:
+            outcome = self._attempt(job, endpoint, attempt)
+        finally:
+            if self.store is not None:
+                self.store.release_lease(job.job_id, lease_token)
+
+        progress = replace(
+            progress, attempts=attempt, first_attempt_ms=first_attempt_ms
+        )
+        if isinstance(outcome, WebhookError):
+            return self._after_failure(
+                job, identity, job_fingerprint, endpoint, progress, outcome
+            )
+        return self._after_success(
+            job, identity, job_fingerprint, endpoint, progress, outcome
+        )
+
+    def _attempt(self, job: Job, endpoint: Endpoint, attempt: int) -> Any:
+        """Call the webhook once; return the response or the WebhookError it raised."""
+        body = jsontext.dumps(job.order).encode("utf-8")
+        try:
+            response = self.client.post(
+                session_key=endpoint.session_key,
+                url=endpoint.url,
+                headers=request_headers(job, endpoint),
+                body=body,
+                timeout_s=endpoint.timeout_s,
+                attempt=attempt,
+            )
+        except WebhookError as error:
+            return error
+        try:
+            return response, apply_response(
+                job.order,
+                response.body,
+                keep_list_items=endpoint.keep_existing_list_items,
+                keep_custom_properties=endpoint.keep_existing_custom_properties,
+            )
+        except InvalidUpdate as error:
+            return InvalidResponseBody(
+                f"the response is not a valid order update: {error}",
+                url=endpoint.url,
+                status=response.status,
+            )
+
+    def _after_success(
+        self,
+        job: Job,
+        identity: JobIdentity,
+        job_fingerprint: str,
+        endpoint: Endpoint,
+        progress: Progress,
+        outcome: Any,
+    ) -> Outcome:
+        response, update = outcome
+        order = update.order
+        # Success removes the error entries that earlier failures of this step added.
+        remove_step_errors(order, endpoint.reference_id)
+        timestamp = utc_timestamp()
+        target = (
+            endpoint.connector.label if endpoint.connector else endpoint.reference_id
+        )
+        result = StepResult(
+            identity=identity,
+            action_status=ActionStatus.SUCCESS,
+            cancel_workflow=False,
+            order=order,
+            messages=[*progress.notes, *update.messages],
+            http_status=response.status,
+            attempts=progress.attempts,
+            duration_ms=_now_ms() - (progress.first_attempt_ms or _now_ms()),
+            changed_properties=changed_properties(job.order, order),
+            events=[export_event(f"Order sent to {target}", timestamp)],
+            completed_at=timestamp,
+            **_connector_fields(endpoint),
+        )
+        return self._publish(job.job_id, result, job_fingerprint)
+
+    def _after_failure(
+        self,
+        job: Job,
+        identity: JobIdentity,
+        job_fingerprint: str,
+        endpoint: Endpoint,
+        progress: Progress,
+        error: WebhookError,
+    ) -> Outcome:
+        progress = replace(progress, last_status=error.status)
+        reason = redact(str(error), job.secret_values())
+        if (
+            error.retryable
+            and endpoint.retries_enabled
+            and self.allow_retries
+            and progress.attempts < MAX_ATTEMPTS
+        ):
+            delay_s = RETRY_DELAYS_S[progress.attempts - 1]
+            if error.retry_after_s is not None:
+                delay_s = max(delay_s, error.retry_after_s)
+            if delay_s <= MAX_RETRY_DELAY_S:
+                note = (
+                    f"attempt {progress.attempts} failed: {reason}; "
+                    f"retried after {delay_s:g} s"
+                )
+                log.info(
+                    "job.retry",
+                    attempt=progress.attempts,
+                    delay_s=delay_s,
+                    reason=reason,
+                )
+                return Reschedule(
+                    delay_s, replace(progress, notes=(*progress.notes, note)), reason
+                )
+            reason += (
+                f"; Retry-After asks for {error.retry_after_s:g} s, more than the "
+                f"{MAX_RETRY_DELAY_S:g} s maximum, so the step fails now"
+            )
+
+        stop = job.step.stop_on_error
+        order = dict(job.order)
+        severity = "Error" if stop else "Warning"
+        add_step_error(order, reason, severity, endpoint.reference_id, utc_timestamp())
+        result = StepResult(
+            identity=identity,
+            action_status=ActionStatus.ERROR if stop else ActionStatus.WARNING,
+            cancel_workflow=stop,
+            order=order,
+            trigger_new_status=job.error_status if stop else None,
+            error_reason=reason,
+            messages=list(progress.notes),
+            http_status=error.status,
+            attempts=progress.attempts,
+            duration_ms=_now_ms() - (progress.first_attempt_ms or _now_ms()),
+            changed_properties=changed_properties(job.order, order),
+            **_connector_fields(endpoint),
+        )
+        return self._publish(job.job_id, result, job_fingerprint)
+
+    def _existing_result(self, job_id: str, job_fingerprint: str) -> Finished | None:
+        if self.store is None:
+            return None
+        stored = self.store.find_result(job_id)
+        if stored is None:
+            return None
+        if stored.fingerprint != job_fingerprint:
+            log.warning(
+                "job.conflict",
+                detail="a job with this JobId but other content already has a result; "
+                "returning that result and calling nothing",
+            )
+        else:
+            log.info(
+                "job.duplicate", detail="result exists; nothing is called or published"
+            )
+        return Finished(stored.result_json, published=False)
+
+    def _finish_invalid(
+        self, identity: JobIdentity, job_fingerprint: str, reason: str, started_ms: int
+    ) -> Finished:
+        log.warning("job.invalid", error=reason)
+        result = StepResult(
+            identity=identity,
+            action_status=ActionStatus.ERROR,
+            cancel_workflow=True,
+            order=identity.order,
+            error_reason=reason,
+            duration_ms=_now_ms() - started_ms,
+        )
+        return self._publish(identity.job_id, result, job_fingerprint)
+
+    def _publish(
+        self, job_id: str, result: StepResult, job_fingerprint: str
+    ) -> Finished:
+        result_json = result.to_json()
+        published = True
+        if self.store is not None:
+            published, result_json = self.store.publish(
+                job_id, result_json, job_fingerprint
+            )
+        log.info(
+            "job.finished",
+            action_status=str(result.action_status),
+            cancel_workflow=result.cancel_workflow,
+            attempts=result.attempts,
+            http_status=result.http_status,
+            duration_ms=result.duration_ms,
+            changed=result.changed_properties,
+            published=published,
+        )
+        return Finished(result_json, published)
+
+    def _dead_letter(self, args: Any, kwargs: Mapping[str, Any]) -> DeadLettered:
+        reason = (
+            "the message has no usable JobId (a non-empty string of at most 200 "
+            "characters, without control characters), so no result can be published"
+        )
+        payload = jsontext.dumps({"args": list(args), "kwargs": dict(kwargs)})
+        if self.store is not None:
+            self.store.dead_letter(reason, payload)
+        log.warning("job.dead_lettered", reason=reason)
+        return DeadLettered(reason)
+
+
+def _argument_problem(args: Any, kwargs: Mapping[str, Any]) -> str | None:
+    extra = [key for key in kwargs if key != PROGRESS_KEY]
+    if len(args) != 1 or extra:
+        return (
+            f"the task takes exactly one positional argument, the job; got "
+            f"{len(args)} positional and keyword arguments {sorted(extra)}"
+        )
+    return None
+
+
+def _connector_fields(endpoint: Endpoint) -> dict[str, Any]:
+    connector = endpoint.connector
+    return {
+        "connector_name": connector.name if connector else None,
+        "connector_id": connector.connector_id if connector else None,
+    }

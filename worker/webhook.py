@@ -1,0 +1,355 @@
+"""The HTTP call to a webhook: one POST, bounded in time and size, never redirected."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import structlog
+from requests.adapters import HTTPAdapter
+
+from worker import jsontext
+from worker.deadline import Deadline, deadline_scope
+from worker.errors import (
+    BlockedAddress,
+    InvalidResponseBody,
+    WebhookRedirected,
+    WebhookRejected,
+    WebhookTimeout,
+    WebhookUnavailable,
+)
+from worker.netguard import AddressNotAllowed, pool_classes
+
+log = structlog.get_logger(__name__)
+
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_READ_CHUNK_BYTES = 64 * 1024
+
+
+def safe_url(url: str) -> str:
+    """Return the URL without user info, query or fragment, for messages and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Return the delay in seconds that a Retry-After header asks for, or None."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    now = now or datetime.now(UTC)
+    return max(0.0, (moment - now).total_seconds())
+
+
+@dataclass(frozen=True)
+class WebhookResponse:
+    """A 2xx answer: the status and the parsed body (None for an empty body or null)."""
+
+    status: int
+    body: dict[str, Any] | None
+    elapsed_ms: int
+
+
+class WebhookClient:
+    """POSTs to webhooks over one keep-alive session per connector. Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        allow_private_networks: bool,
+        max_response_bytes: int,
+        pool_size: int = 32,
+    ) -> None:
+        self.allow_private_networks = allow_private_networks
+        self.max_response_bytes = max_response_bytes
+        self.pool_size = pool_size
+        self._sessions: dict[str, requests.Session] = {}
+        self._lock = threading.Lock()
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        # Proxies and .netrc credentials from the environment are never used.
+        session.trust_env = False
+        session.cookies.set_policy(
+            http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+        )
+        adapter = HTTPAdapter(
+            pool_connections=4, pool_maxsize=self.pool_size, max_retries=0
+        )
+        adapter.poolmanager.pool_classes_by_scheme = pool_classes(
+            self.allow_private_networks
+        )
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+    def session_for(self, key: str) -> requests.Session:
+        """Return the session of one connector, creating it on first use."""
+        session = self._sessions.get(key)
+        if session is None:
+            with self._lock:
+                session = self._sessions.get(key)
+                if session is None:
+                    session = self._new_session()
+                    self._sessions[key] = session
+        return session
+
+    def close(self) -> None:
+        with self._lock:
+            sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            session.close()
+
+    def post(
+        self,
+        *,
+        session_key: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+        timeout_s: float,
+        attempt: int,
+    ) -> WebhookResponse:
+        """POST ``body`` and return the parsed 2xx answer.
+
+        ``timeout_s`` bounds the whole call: connect, send, wait and read.
+
+        Raises:
+            WebhookError: a subclass that says whether a retry can help.
+        """
+        shown_url = safe_url(url)
+        parts = urlsplit(url)
+        started = time.monotonic()
+        status: int | None = None
+        try:
+            with deadline_scope(timeout_s) as deadline:
+                status, parsed = self._exchange(
+                    session_key, url, shown_url, headers, body, deadline, timeout_s
+                )
+        except Exception as error:
+            log.warning(
+                "webhook.call",
+                host=parts.hostname,
+                path=parts.path,
+                status=getattr(error, "status", status),
+                elapsed_ms=_elapsed_ms(started),
+                attempt=attempt,
+                outcome=type(error).__name__,
+                error=str(error),
+            )
+            raise
+        elapsed_ms = _elapsed_ms(started)
+        log.info(
+            "webhook.call",
+            host=parts.hostname,
+            path=parts.path,
+            status=status,
+            elapsed_ms=elapsed_ms,
+            attempt=attempt,
+            outcome="ok",
+        )
+        return WebhookResponse(status, parsed, elapsed_ms)
+
+    def _exchange(
+        self,
+        session_key: str,
+        url: str,
+        shown_url: str,
+        headers: dict[str, str],
+        body: bytes,
+        deadline: Deadline,
+        timeout_s: float,
+    ) -> tuple[int, dict[str, Any] | None]:
+        session = self.session_for(session_key)
+        try:
+            response = session.post(
+                url,
+                data=body,
+                headers=headers,
+                timeout=(timeout_s, timeout_s),
+                allow_redirects=False,
+                stream=True,
+            )
+        except AddressNotAllowed as error:
+            raise BlockedAddress(str(error), url=shown_url) from None
+        except requests.RequestException as error:
+            if deadline.expired or isinstance(error, requests.Timeout):
+                raise _timeout(shown_url, timeout_s) from None
+            raise WebhookUnavailable(
+                f"connection to {shown_url} failed: {_reason(error)}", url=shown_url
+            ) from None
+
+        with response:
+            status = response.status_code
+            _check_status(response, shown_url)
+            content = self._read_body(response, deadline, shown_url, timeout_s)
+        return status, _parse_body(content, shown_url, status)
+
+    def _read_body(
+        self,
+        response: requests.Response,
+        deadline: Deadline,
+        shown_url: str,
+        timeout_s: float,
+    ) -> bytes:
+        limit = self.max_response_bytes
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _too_large(shown_url, response.status_code, limit)
+
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                chunk = response.raw.read(_READ_CHUNK_BYTES, decode_content=True)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(shown_url, response.status_code, limit)
+                chunks.append(chunk)
+        except InvalidResponseBody:
+            raise
+        except Exception as error:
+            if deadline.expired:
+                raise _timeout(shown_url, timeout_s) from None
+            raise WebhookUnavailable(
+                f"reading the response of {shown_url} failed: {_reason(error)}",
+                url=shown_url,
+                status=response.status_code,
+            ) from None
+        if deadline.expired:
+            raise _timeout(shown_url, timeout_s)
+        return b"".join(chunks)
+
+
+def _elapsed_ms(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
+
+
+def _reason(error: BaseException) -> str:
+    """Return the innermost cause of a requests or urllib3 error, without URLs."""
+    while error.__context__ is not None and error.__cause__ is None:
+        error = error.__context__
+    inner = error
+    for _ in range(5):
+        arguments = getattr(inner, "args", ())
+        nested = arguments[0] if arguments else None
+        if not isinstance(nested, BaseException):
+            reason = getattr(inner, "reason", None)
+            if not isinstance(reason, BaseException):
+                break
+            nested = reason
+        inner = nested
+    text = str(inner)
+    if "Connection refused" in text:
+        return "connection refused"
+    if "reset" in text.lower():
+        return "connection reset by peer"
+    return f"{type(inner).__name__}: {text}"[:200]
+
+
+def _timeout(shown_url: str, timeout_s: float) -> WebhookTimeout:
+    return WebhookTimeout(
+        f"webhook call to {shown_url} timed out after {timeout_s:g} s "
+        "(the connector's TimeOut bounds the whole call)",
+        url=shown_url,
+    )
+
+
+def _too_large(shown_url: str, status: int, limit: int) -> InvalidResponseBody:
+    return InvalidResponseBody(
+        f"the response of {shown_url} is larger than {limit} bytes; the webhook "
+        "should return only the changed properties, or raise "
+        "WEBHOOK_WORKER_MAX_RESPONSE_BYTES",
+        url=shown_url,
+        status=status,
+    )
+
+
+def _status_text(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
+
+
+def _check_status(response: requests.Response, shown_url: str) -> None:
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    if 300 <= status < 400:
+        location = response.headers.get("Location", "")
+        target = urlsplit(location).hostname or "no Location"
+        raise WebhookRedirected(
+            f"webhook {shown_url} answered {_status_text(status)} (to {target}); "
+            "redirects are not followed, so configure the final URL",
+            url=shown_url,
+            status=status,
+        )
+    if status in TRANSIENT_STATUSES:
+        raise WebhookUnavailable(
+            f"webhook {shown_url} answered {_status_text(status)}",
+            url=shown_url,
+            status=status,
+            retry_after_s=parse_retry_after(response.headers.get("Retry-After")),
+        )
+    raise WebhookRejected(
+        f"webhook {shown_url} answered {_status_text(status)}",
+        url=shown_url,
+        status=status,
+    )
+
+
+def _parse_body(content: bytes, shown_url: str, status: int) -> dict[str, Any] | None:
+    if not content.strip():
+        return None
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidResponseBody(
+            f"the response of {shown_url} is not UTF-8 "
+            f"(invalid byte at position {error.start}); send JSON in UTF-8",
+            url=shown_url,
+            status=status,
+        ) from None
+    try:
+        parsed = jsontext.loads(text.removeprefix("\ufeff"))
+    except ValueError as error:
+        raise InvalidResponseBody(
+            f"the response of {shown_url} is not valid JSON ({error}); send a JSON "
+            "object with the changed order properties, or an empty body",
+            url=shown_url,
+            status=status,
+        ) from None
+    if parsed is None:
+        return None
+    if not isinstance(parsed, dict):
+        kind = "an array" if isinstance(parsed, list) else "a single value"
+        raise InvalidResponseBody(
+            f"the response of {shown_url} is {kind}; send a JSON object with the "
+            "changed order properties, or an empty body",
+            url=shown_url,
+            status=status,
+        )
+    return parsed
