@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from tests.support.redis_server import RedisServer
+from tests.support.webhook_server import WebhookServer, running_server
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +33,9 @@ def config_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "tenants"
     directory.mkdir()
     return directory
+
+
+@pytest.fixture
+def webhook_server() -> Iterator[WebhookServer]:
+    with running_server() as server:
+        yield server

@@ -60,6 +60,8 @@ def _setup_logging(**_kwargs: Any) -> None:
 def _check_before_start(**_kwargs: Any) -> None:
     from worker.startup import startup_problems
 
+    # worker_init fires before Celery's setup_logging, so configure here too.
+    configure_logging(_settings.log_format, _settings.log_level)
     problems = startup_problems(_settings)
     if problems:
         for problem in problems:

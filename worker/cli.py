@@ -1,4 +1,4 @@
-"""The ``webhook-step-worker`` command: worker, submit, results, run-step, check-config, demo."""
+"""The ``webhook-step-worker`` command and its sub-commands."""
 
 from __future__ import annotations
 
@@ -81,13 +81,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     import redis
 
-    from worker.display import parse_result, render_table
+    from worker.display import COLUMNS, format_row, parse_result, result_row
     from worker.settings import get_settings
+    from worker.streams import read_entries
 
     settings = get_settings()
     client = redis.Redis.from_url(settings.results_redis_url)
-    last_id = "0-0" if args.from_start else "$"
+    last_id: bytes | str = "0-0" if args.from_start else "$"
     wanted = set(args.job_id or [])
+    if args.table:
+        print(format_row(COLUMNS), flush=True)
     shown = 0
     deadline = time.monotonic() + args.timeout if args.timeout else None
     while args.count is None or shown < args.count:
@@ -97,21 +100,18 @@ def cmd_results(args: argparse.Namespace) -> int:
             if remaining <= 0:
                 break
             block_ms = max(1, int(min(remaining, 1.0) * 1000))
-        entries = client.xread({settings.result_stream: last_id}, count=100, block=block_ms)
-        for _stream, messages in entries or []:
-            for entry_id, fields in messages:
-                last_id = entry_id
-                text = fields[b"result"]
-                result = parse_result(text)
-                if wanted and result.get("JobId") not in wanted:
-                    continue
-                if args.table:
-                    print(render_table([result]).splitlines()[-1], flush=True)
-                else:
-                    print(text.decode("utf-8"), flush=True)
-                shown += 1
-                if args.count is not None and shown >= args.count:
-                    return 0
+        for entry in read_entries(client, settings.result_stream, last_id, block_ms):
+            last_id = entry.entry_id
+            result = parse_result(entry.result_text)
+            if wanted and result.get("JobId") not in wanted:
+                continue
+            if args.table:
+                print(format_row(result_row(result)), flush=True)
+            else:
+                print(entry.result_text.decode("utf-8"), flush=True)
+            shown += 1
+            if args.count is not None and shown >= args.count:
+                return 0
     return 0 if args.count is None or shown >= args.count else 1
 
 
@@ -166,12 +166,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             except ConfigError:
                 continue
             if tenant is not None:
-                labels = ", ".join(c.label for c in tenant.settings.connectors) or "none"
+                labels = (
+                    ", ".join(c.label for c in tenant.settings.connectors) or "none"
+                )
                 print(f"ok     {path}: connectors {labels}")
     for problem in problems:
         print(f"error  {problem}")
     if problems:
-        print(f"{len(problems)} problem(s) found; the worker will not start until fixed")
+        print(
+            f"{len(problems)} problem(s) found; the worker will not start until fixed"
+        )
         return 1
     print("all tenant settings are valid")
     return 0
@@ -216,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument(
         "--job-id", action="append", help="only this JobId (repeat for several)"
     )
-    results.add_argument("--table", action="store_true", help="one table row per result")
+    results.add_argument(
+        "--table", action="store_true", help="one table row per result"
+    )
     results.set_defaults(handler=cmd_results)
 
     run_step = commands.add_parser(

@@ -6,7 +6,9 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-COLUMNS = ("order", "connector", "status", "workflow", "changed", "reason")
+COLUMNS = ("order", "connector", "status", "tries", "workflow", "changed", "reason")
+# Column widths for rows printed one at a time, before all results are known.
+STREAM_WIDTHS = (12, 22, 26, 5, 8, 30, 0)
 
 
 def result_row(result: dict[str, Any]) -> tuple[str, ...]:
@@ -23,6 +25,7 @@ def result_row(result: dict[str, Any]) -> tuple[str, ...]:
         str(result.get("OrderId") or "-"),
         str(connector),
         status,
+        str(result.get("Attempts", 0)),
         "stop" if result.get("CancelWorkflow") else "continue",
         changed,
         reason[:70] + ("..." if len(reason) > 70 else ""),
@@ -30,16 +33,28 @@ def result_row(result: dict[str, Any]) -> tuple[str, ...]:
 
 
 def render_table(results: Iterable[dict[str, Any]]) -> str:
+    """Return the results as a table with a header, each column as wide as needed."""
     rows = [COLUMNS, *(result_row(result) for result in results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = []
     for index, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        lines.append(
+            "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
+        )
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
     return "\n".join(lines)
 
 
+def format_row(cells: tuple[str, ...]) -> str:
+    """Return one row padded to STREAM_WIDTHS, for output that streams."""
+    padded = (
+        cell.ljust(width) for cell, width in zip(cells, STREAM_WIDTHS, strict=True)
+    )
+    return "  ".join(padded).rstrip()
+
+
 def parse_result(text: str | bytes) -> dict[str, Any]:
+    """Parse a result's JSON text; numbers become floats, which is fine for display."""
     parsed: dict[str, Any] = json.loads(text)
     return parsed

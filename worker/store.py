@@ -82,7 +82,7 @@ class ResultStore:
         return bool(created), _text(standing)
 
     def acquire_lease(self, job_id: str, token: str, ttl_ms: int) -> int:
-        """Take the call lease; return 0, or the milliseconds another holder has left."""
+        """Take the lease; return 0, or the milliseconds left on the held lease."""
         key = self._key("lease", job_id)
         if self.client.set(key, token, nx=True, px=ttl_ms):
             return 0
