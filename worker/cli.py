@@ -136,7 +136,7 @@ def cmd_run_step(args: argparse.Namespace) -> int:
                 break
             is_save_delay = not outcome.progress.attempts
             if not (is_save_delay and args.no_delay):
-                # run-step has no broker, so a plain sleep stands in for the countdown.
+                # run-step has no broker, so a plain sleep replaces the countdown.
                 time.sleep(outcome.countdown_s)
             kwargs = {PROGRESS_KEY: outcome.progress.to_message()}
         if isinstance(outcome, DeadLettered):

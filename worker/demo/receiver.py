@@ -5,7 +5,7 @@ Paths, matching the connectors in ``config/examples/tenants/acme.json``:
 - ``/approve``: requires ``Authorization: Bearer <token>``; sets Status and adds a tag.
 - ``/enrich``: requires Basic authentication; adds a tag, a property and a
   follow-up date.
-- ``/reject``: always answers 422 with a reason.
+- ``/reject``: always returns 422 with a reason.
 - ``/flaky``: answers 503 the first time it sees an ``Idempotency-Key``, then approves.
 - ``/echo``: requires ``X-Api-Key``; sends the order back unchanged.
 """
