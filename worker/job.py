@@ -13,7 +13,7 @@ from worker.casing import get_any_case
 from worker.errors import JobInvalid
 from worker.headers import header_problem
 from worker.jsontext import JsonNumber, to_plain
-from worker.tenants import CaseInsensitiveModel, check_webhook_url
+from worker.tenants import CaseInsensitiveModel, check_webhook_url, url_for_message
 
 SCHEMA_VERSION = 1
 TENANT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -164,7 +164,7 @@ def _read_properties(step: StepModel) -> dict[str, Any]:
             problem = check_webhook_url(host)
             if problem:
                 raise JobInvalid(
-                    f"step property Host {host!r} is invalid: {problem}",
+                    f"step property Host {url_for_message(host)} is invalid: {problem}",
                     field="Step.Properties.Host",
                 )
             values["inline_host"] = host

@@ -60,7 +60,17 @@ def loads(data: str | bytes | bytearray) -> Any:
     """Parse JSON text, keeping each number's source text."""
     if isinstance(data, bytes | bytearray):
         data = data.decode("utf-8")
-    return json.loads(data, parse_float=JsonNumber, parse_int=_parse_int)
+    return json.loads(
+        data,
+        parse_float=JsonNumber,
+        parse_int=_parse_int,
+        parse_constant=_reject_constant,
+    )
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity, which JSON does not allow.
+    raise ValueError(f"{name} is not valid JSON; send numbers as digits")
 
 
 def _encode_other(value: Any) -> str:

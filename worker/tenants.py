@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +32,22 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_TIMEOUT = timedelta(seconds=30)
 MAX_TIMEOUT = timedelta(seconds=120)
+# Millisecond inputs beyond this overflow timedelta; they are out of range anyway.
+MAX_TIMEOUT_MS_INPUT = 1e12
+
+
+def url_for_message(url: str) -> str:
+    """Return ``url`` without user info, query or fragment, which may hold secrets."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "(an unparsable URL)"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    shown_port = f":{port}" if port else ""
+    return repr(f"{parts.scheme}://{host}{shown_port}{parts.path}")
 
 
 def check_webhook_url(url: str) -> str | None:
@@ -86,6 +103,11 @@ def _parse_timeout(value: Any) -> timedelta:
     if isinstance(value, bool):
         raise ValueError('must be a TimeSpan string such as "00:00:30" or milliseconds')
     if isinstance(value, int | float):
+        if not math.isfinite(value) or abs(value) > MAX_TIMEOUT_MS_INPUT:
+            raise ValueError(
+                f"{value!r} milliseconds is out of range; give a timeout above 0 "
+                "and at most 120000 ms"
+            )
         timeout = timedelta(milliseconds=float(value))
     elif isinstance(value, str):
         try:
@@ -148,7 +170,7 @@ class ConnectorSettings(CaseInsensitiveModel):
     def _check_connector(self) -> ConnectorSettings:
         problem = check_webhook_url(self.host)
         if problem:
-            raise ValueError(f"Host {self.host!r} is invalid: {problem}")
+            raise ValueError(f"Host {url_for_message(self.host)} is invalid: {problem}")
         if self.bearer_token and (self.username or self.password):
             raise ValueError(
                 "set either BearerToken or Username and Password, not both"

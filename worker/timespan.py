@@ -19,9 +19,9 @@ MAX_DAYS = 10_675_199
 _PATTERN = re.compile(
     r"""
     (?P<sign>-)?
-    (?:(?P<days>\d+)\.)?
-    (?P<parts>\d+(?::\d+){1,3})
-    (?:\.(?P<fraction>\d+))?
+    (?:(?P<days>[0-9]+)\.)?
+    (?P<parts>[0-9]+(?::[0-9]+){1,3})
+    (?:\.(?P<fraction>[0-9]+))?
     """,
     re.VERBOSE,
 )
@@ -60,7 +60,7 @@ def parse_timespan(text: str, *, allow_days_only: bool = True) -> timedelta:
             it is a bare number of days while ``allow_days_only`` is false.
     """
     stripped = text.strip()
-    if re.fullmatch(r"-?\d+", stripped):
+    if re.fullmatch(r"-?[0-9]+", stripped):
         if not allow_days_only:
             raise _fail(
                 text,
@@ -99,6 +99,8 @@ def parse_timespan(text: str, *, allow_days_only: bool = True) -> timedelta:
         hours=hours,
         minutes=minutes,
         seconds=seconds,
-        microseconds=ticks / 10,
+        # timedelta counts whole microseconds: round a partial one up, so that
+        # a positive value stays positive and a limit check sees the excess.
+        microseconds=-(-ticks // 10),
     )
     return -value if match["sign"] else value

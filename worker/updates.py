@@ -208,6 +208,10 @@ def apply_response(
         InvalidUpdate: a writable property has the wrong type; nothing is applied.
     """
     updated = copy.deepcopy(dict(order))
+    if body is None:
+        return UpdateOutcome(updated)
+    if not isinstance(body, Mapping):
+        raise InvalidUpdate("(body)", f"must be a JSON object, not {_kind(body)}")
     if not body:
         return UpdateOutcome(updated)
 
