@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -9,6 +10,7 @@ import structlog
 from celery import Celery, signals
 
 from worker import jsontext
+from worker.celery_output import ResultSummaryFilter
 from worker.logs import configure_logging
 from worker.settings import get_settings
 
@@ -17,6 +19,8 @@ TASK_NAME = "webhook_step.execute"
 log = structlog.get_logger(__name__)
 
 jsontext.register_kombu_codec()
+# Celery logs each task's return value, the whole order; log a summary instead.
+logging.getLogger("celery.app.trace").addFilter(ResultSummaryFilter())
 _settings = get_settings()
 
 app = Celery(

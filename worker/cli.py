@@ -196,12 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    worker = commands.add_parser("worker", help="start a worker that consumes jobs")
+    worker = commands.add_parser(
+        "worker",
+        help="start a worker that consumes jobs; other options go to 'celery worker'",
+    )
     worker.add_argument("--pool", choices=["threads", "prefork", "solo"])
     worker.add_argument("--concurrency", type=int, help="jobs run at the same time")
-    worker.add_argument(
-        "celery_args", nargs=argparse.REMAINDER, help="more options for celery worker"
-    )
+    worker.set_defaults(celery_args=[])
     worker.set_defaults(handler=cmd_worker)
 
     submit = commands.add_parser("submit", help="enqueue jobs and print their JobIds")
@@ -253,7 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "worker":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        # Options the worker command does not know go to 'celery worker' as given.
+        args.celery_args = [item for item in extra if item != "--"]
     try:
         code: int = args.handler(args)
     except ConfigError as error:

@@ -29,6 +29,15 @@ def header_problem(name: str, value: str) -> str | None:
         return f"header {name!r} is set by the worker and cannot be configured"
     if _CONTROL.search(value):
         return f"the value of header {name!r} contains a control character"
+    if value != value.strip(" \t"):
+        return f"the value of header {name!r} starts or ends with whitespace"
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return (
+            f"the value of header {name!r} contains characters outside ISO-8859-1; "
+            "encode it (for example as base64) first"
+        )
     return None
 
 

@@ -115,6 +115,26 @@ class Job:
         return list(self.request_headers.values())
 
 
+def scrub_request_headers(value: Any) -> Any:
+    """Return a copy of ``value`` with the Value of every RequestHeaders item hidden.
+
+    Used for messages stored without parsing, such as dead letters, because a
+    request-header property's value is a secret wherever it appears.
+    """
+    if isinstance(value, list):
+        return [scrub_request_headers(item) for item in value]
+    if not isinstance(value, Mapping):
+        return value
+    is_header = get_any_case(value, "KeyGroup") == REQUEST_HEADERS_GROUP
+    scrubbed = {}
+    for key, item in value.items():
+        if is_header and isinstance(key, str) and key.lower() == "value":
+            scrubbed[key] = "[REDACTED]"
+        else:
+            scrubbed[key] = scrub_request_headers(item)
+    return scrubbed
+
+
 def usable_job_id(raw: Any) -> str | None:
     """Return the job's JobId when it can key a result, else None."""
     if not isinstance(raw, Mapping):

@@ -27,7 +27,7 @@ from worker.errors import (
     NoEndpoint,
     WebhookError,
 )
-from worker.job import Job, parse_job, usable_job_id
+from worker.job import Job, parse_job, scrub_request_headers, usable_job_id
 from worker.results import (
     ActionStatus,
     JobIdentity,
@@ -254,22 +254,23 @@ class StepRunner:
 
         attempt = progress.attempts + 1
         first_attempt_ms = progress.first_attempt_ms or _now_ms()
+        # The lease is held until the result is published or the retry decided,
+        # so a copy of the job that arrives meanwhile finds one or the other.
         try:
             outcome = self._attempt(job, endpoint, attempt)
+            progress = replace(
+                progress, attempts=attempt, first_attempt_ms=first_attempt_ms
+            )
+            if isinstance(outcome, WebhookError):
+                return self._after_failure(
+                    job, identity, job_fingerprint, endpoint, progress, outcome
+                )
+            return self._after_success(
+                job, identity, job_fingerprint, endpoint, progress, outcome
+            )
         finally:
             if self.store is not None:
                 self.store.release_lease(job.job_id, lease_token)
-
-        progress = replace(
-            progress, attempts=attempt, first_attempt_ms=first_attempt_ms
-        )
-        if isinstance(outcome, WebhookError):
-            return self._after_failure(
-                job, identity, job_fingerprint, endpoint, progress, outcome
-            )
-        return self._after_success(
-            job, identity, job_fingerprint, endpoint, progress, outcome
-        )
 
     def _attempt(self, job: Job, endpoint: Endpoint, attempt: int) -> Any:
         """Call the webhook once; return the response or the WebhookError it raised."""
@@ -449,7 +450,11 @@ class StepRunner:
             "the message has no usable JobId (a non-empty string of at most 200 "
             "characters, without control characters), so no result can be published"
         )
-        payload = jsontext.dumps({"args": list(args), "kwargs": dict(kwargs)})
+        payload = redact(
+            jsontext.dumps(
+                {"args": scrub_request_headers(list(args)), "kwargs": dict(kwargs)}
+            )
+        )
         if self.store is not None:
             self.store.dead_letter(reason, payload)
         log.warning("job.dead_lettered", reason=reason)

@@ -19,7 +19,13 @@ log = structlog.get_logger(__name__)
 REDIS_RETRY_S = 5.0
 
 
-@app.task(bind=True, name=TASK_NAME, max_retries=None, acks_late=True)
+@app.task(
+    bind=True,
+    name=TASK_NAME,
+    max_retries=None,
+    acks_late=True,
+    Request="worker.celery_output:SummarizingRequest",
+)
 def execute(self: Task, *args: Any, **kwargs: Any) -> str | None:
     """Run one delivery of a webhook-step job; return the result JSON text."""
     structlog.contextvars.clear_contextvars()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.cookiejar
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _READ_CHUNK_BYTES = 64 * 1024
 
 
+_DIGITS = re.compile(r"[0-9]+")
+
+
 def safe_url(url: str) -> str:
     """Return the URL without user info, query or fragment, for messages and logs."""
     parts = urlsplit(url)
@@ -49,7 +53,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if not value:
         return None
     text = value.strip()
-    if text.isdigit():
+    if _DIGITS.fullmatch(text):
         return float(text)
     try:
         moment = parsedate_to_datetime(text)
@@ -70,6 +74,18 @@ class WebhookResponse:
     elapsed_ms: int
 
 
+class _NoRedirectSession(requests.Session):
+    """A session that never looks at a redirect's Location.
+
+    With ``allow_redirects=False`` requests still parses the Location to
+    prepare the next request, and raises ValueError on a malformed one. The
+    worker follows no redirect, so it needs no Location parsed.
+    """
+
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        return None
+
+
 class WebhookClient:
     """POSTs to webhooks over one keep-alive session per connector. Thread-safe."""
 
@@ -87,7 +103,7 @@ class WebhookClient:
         self._lock = threading.Lock()
 
     def _new_session(self) -> requests.Session:
-        session = requests.Session()
+        session = _NoRedirectSession()
         # Proxies and .netrc credentials from the environment are never used.
         session.trust_env = False
         session.cookies.set_policy(
@@ -192,6 +208,13 @@ class WebhookClient:
             )
         except AddressNotAllowed as error:
             raise BlockedAddress(str(error), url=shown_url) from None
+        except requests.exceptions.InvalidHeader:
+            # The exception's message quotes the header value, which may be a secret.
+            raise WebhookRejected(
+                f"a request header for {shown_url} is invalid, so nothing was sent; "
+                "check the connector's headers and the step's RequestHeaders",
+                url=shown_url,
+            ) from None
         except requests.RequestException as error:
             if deadline.expired or isinstance(error, requests.Timeout):
                 raise _timeout(shown_url, timeout_s) from None
@@ -214,7 +237,7 @@ class WebhookClient:
     ) -> bytes:
         limit = self.max_response_bytes
         declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > limit:
+        if _DIGITS.fullmatch(declared) and int(declared) > limit:
             raise _too_large(shown_url, response.status_code, limit)
 
         chunks: list[bytes] = []
@@ -294,15 +317,25 @@ def _status_text(status: int) -> str:
         return str(status)
 
 
+def _redirect_target(location: str) -> str:
+    """Describe a Location header by its host only, since its query may hold tokens."""
+    if not location:
+        return "without a Location"
+    try:
+        host = urlsplit(location).hostname
+    except ValueError:
+        return "to an invalid Location"
+    return f"to {host}" if host else "to a relative Location"
+
+
 def _check_status(response: requests.Response, shown_url: str) -> None:
     status = response.status_code
     if 200 <= status < 300:
         return
     if 300 <= status < 400:
-        location = response.headers.get("Location", "")
-        target = urlsplit(location).hostname or "no Location"
+        target = _redirect_target(response.headers.get("Location", ""))
         raise WebhookRedirected(
-            f"webhook {shown_url} answered {_status_text(status)} (to {target}); "
+            f"webhook {shown_url} answered {_status_text(status)} ({target}); "
             "redirects are not followed, so configure the final URL",
             url=shown_url,
             status=status,
@@ -335,6 +368,13 @@ def _parse_body(content: bytes, shown_url: str, status: int) -> dict[str, Any] |
         ) from None
     try:
         parsed = jsontext.loads(text.removeprefix("\ufeff"))
+    except RecursionError:
+        raise InvalidResponseBody(
+            f"the response of {shown_url} is nested too deeply to parse; send a "
+            "flat JSON object with the changed order properties",
+            url=shown_url,
+            status=status,
+        ) from None
     except ValueError as error:
         raise InvalidResponseBody(
             f"the response of {shown_url} is not valid JSON ({error}); send a JSON "
