@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any
 
@@ -10,7 +9,8 @@ import structlog
 from celery import Celery, signals
 
 from worker import jsontext
-from worker.celery_output import ResultSummaryFilter
+from worker.celery_output import install_log_filters
+from worker.health import HealthBeat
 from worker.logs import configure_logging
 from worker.settings import get_settings
 
@@ -19,8 +19,9 @@ TASK_NAME = "webhook_step.execute"
 log = structlog.get_logger(__name__)
 
 jsontext.register_kombu_codec()
-# Celery logs each task's return value, the whole order; log a summary instead.
-logging.getLogger("celery.app.trace").addFilter(ResultSummaryFilter())
+# Celery logs each task's return value, the whole order, and one line per
+# reconnection attempt; the filters log a summary and one line per outage.
+install_log_filters()
 _settings = get_settings()
 
 app = Celery(
@@ -42,7 +43,14 @@ app.conf.update(
     task_acks_on_failure_or_timeout=False,
     worker_prefetch_multiplier=1,
     worker_cancel_long_running_tasks_on_connection_loss=True,
+    # Jobs waiting on a countdown are held in the worker's memory; at this many
+    # the worker fetches nothing more until some are due.
+    worker_eta_task_limit=_settings.eta_task_limit,
+    # Reconnect to the broker for as long as it takes; the default gives up
+    # after 100 attempts and stops the worker.
     broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,
+    worker_consumer="worker.poison:DeadLetterConsumer",
     broker_transport_options={"visibility_timeout": _settings.visibility_timeout_s},
     task_default_queue=_settings.queue,
     task_routes={TASK_NAME: {"queue": _settings.queue}},
@@ -53,6 +61,8 @@ app.conf.update(
     worker_send_task_events=True,
     task_send_sent_event=True,
 )
+# Writes the health file that 'webhook-step-worker health' reads.
+app.steps["consumer"].add(HealthBeat)
 
 
 @signals.setup_logging.connect

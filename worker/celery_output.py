@@ -1,4 +1,4 @@
-"""Summaries of finished jobs for Celery's own logs and task events.
+"""What Celery's own logs and task events show: result summaries, one outage line.
 
 The task returns the result JSON, order included. Celery writes the return
 value into its "Task ... succeeded" log line and into the ``task-succeeded``
@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from typing import Any
 
+import structlog
 from celery.worker.request import Request
 
 _FIELD = re.compile(r'\\?"(JobId|ActionStatus|CancelWorkflow)\\?":\s*\\?"?([^",\\]*)')
@@ -58,3 +61,60 @@ class ResultSummaryFilter(logging.Filter):
                 "return_value": summarize_result(arguments["return_value"]),
             }
         return True
+
+
+class BrokerOutageFilter(logging.Filter):
+    """Lets the first broker connection error of an outage through, and drops repeats.
+
+    Celery logs one line per reconnection attempt. This filter keeps the first,
+    counts the rest, and on Celery's next "Connected to" line logs
+    ``broker.reconnected`` with the outage's length and the dropped count.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Connected to"):
+            with self._lock:
+                down_since, dropped = self._down_since, self._dropped
+                self._down_since, self._dropped = None, 0
+            if down_since is not None:
+                structlog.get_logger(__name__).warning(
+                    "broker.reconnected",
+                    outage_s=round(time.monotonic() - down_since, 1),
+                    repeated_errors_not_logged=dropped,
+                )
+            return True
+        if not message.startswith(_OUTAGE_PREFIXES):
+            return True
+        with self._lock:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                return True
+            self._dropped += 1
+            return False
+
+
+_OUTAGE_PREFIXES = ("consumer: Cannot connect", "consumer: Connection to broker lost")
+_outage_filter = BrokerOutageFilter()
+
+
+def install_log_filters() -> None:
+    """Attach the filters above to Celery's loggers; calling it again is harmless."""
+    loggers = {
+        "celery.app.trace": ResultSummaryFilter,
+        "celery.worker.consumer.consumer": BrokerOutageFilter,
+        "celery.worker.consumer.connection": BrokerOutageFilter,
+    }
+    for name, kind in loggers.items():
+        logger = logging.getLogger(name)
+        if any(isinstance(existing, kind) for existing in logger.filters):
+            continue
+        logger.addFilter(
+            _outage_filter if kind is BrokerOutageFilter else ResultSummaryFilter()
+        )

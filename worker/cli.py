@@ -181,6 +181,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    from worker.health import check_health
+    from worker.settings import get_settings
+
+    settings = get_settings()
+    problem = check_health(settings.health_file, settings.health_max_age_s)
+    if problem is not None:
+        print(f"unhealthy: {problem}", file=sys.stderr)
+        return 1
+    print("healthy: the worker pinged its broker recently")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from worker.demo.run import run_demo
 
@@ -242,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate the tenant settings")
     check.add_argument("--config-dir", help="tenant settings folder")
     check.set_defaults(handler=cmd_check_config)
+
+    health = commands.add_parser(
+        "health",
+        help="exit 0 when the worker on this host is connected and consuming, "
+        "else 1 (for container probes)",
+    )
+    health.set_defaults(handler=cmd_health)
 
     demo = commands.add_parser(
         "demo", help="run the example jobs end to end against a local receiver"

@@ -93,6 +93,35 @@ class WorkerSettings(BaseSettings):
             "Must exceed the worst case of one job."
         ),
     )
+    eta_task_limit: int = Field(
+        1000,
+        ge=1,
+        description=(
+            "Jobs waiting on a countdown (RunAfterOrderIsSaved, retries) that one "
+            "worker holds in memory; at the limit it fetches no more jobs until "
+            "some are due."
+        ),
+    )
+    max_job_bytes: int = Field(
+        2 * 1024 * 1024,
+        gt=0,
+        description=(
+            "Largest job accepted, in bytes of its JSON; a larger one gets an "
+            "Error result and a dead-letter entry."
+        ),
+    )
+    health_file: Path = Field(
+        Path("/tmp/webhook-step-worker.health"),
+        description=(
+            "File the worker rewrites every few seconds while its broker "
+            "connection works; the 'health' command reads it."
+        ),
+    )
+    health_max_age_s: float = Field(
+        30.0,
+        gt=0,
+        description="Age in seconds above which 'health' reports the worker unhealthy.",
+    )
     http_pool_size: int = Field(
         32, ge=1, description="Keep-alive connections kept per connector."
     )

@@ -27,7 +27,13 @@ from worker.errors import (
     NoEndpoint,
     WebhookError,
 )
-from worker.job import Job, parse_job, scrub_request_headers, usable_job_id
+from worker.job import (
+    Job,
+    parse_job,
+    scrub_request_headers,
+    summarize,
+    usable_job_id,
+)
 from worker.results import (
     ActionStatus,
     JobIdentity,
@@ -119,12 +125,6 @@ class DeadLettered:
 Outcome = Finished | Reschedule | DeadLettered
 
 
-def fingerprint(raw_job: Any) -> str:
-    """Return a hash of the job, to tell a redelivery from a reuse of its JobId."""
-    text = jsontext.dumps(raw_job, sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -146,6 +146,7 @@ class StepRunner:
     store: ResultStore | None
     max_deliveries: int = 3
     allow_retries: bool = True
+    max_job_bytes: int = 2 * 1024 * 1024
 
     def run(
         self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]
@@ -163,7 +164,8 @@ class StepRunner:
         structlog.contextvars.bind_contextvars(
             tenant_id=identity.tenant_id, order_id=identity.order_id
         )
-        job_fingerprint = fingerprint(raw)
+        job_text = jsontext.dumps(raw, sort_keys=True)
+        job_fingerprint = hashlib.sha256(job_text.encode("utf-8")).hexdigest()
 
         existing = self._existing_result(job_id, job_fingerprint)
         if existing is not None:
@@ -171,7 +173,20 @@ class StepRunner:
 
         problem = _argument_problem(args, kwargs)
         if problem is not None:
+            self._reject(job_id, "bad_arguments", problem, args, kwargs)
             return self._finish_invalid(identity, job_fingerprint, problem, started_ms)
+
+        job_bytes = len(job_text.encode("utf-8"))
+        if job_bytes > self.max_job_bytes:
+            reason = (
+                f"the job is {job_bytes} bytes of JSON, more than the limit of "
+                f"{self.max_job_bytes} (WEBHOOK_WORKER_MAX_JOB_BYTES); the order is "
+                "left out of this result"
+            )
+            self._reject(job_id, "too_large", reason, (summarize(raw),), {})
+            return self._finish_invalid(
+                replace(identity, order=None), job_fingerprint, reason, started_ms
+            )
 
         if self.store is not None:
             deliveries = self.store.count_delivery(job_id, progress.attempts)
@@ -450,15 +465,27 @@ class StepRunner:
             "the message has no usable JobId (a non-empty string of at most 200 "
             "characters, without control characters), so no result can be published"
         )
+        self._reject("", "no_job_id", reason, args, kwargs)
+        return DeadLettered(reason)
+
+    def _reject(
+        self,
+        job_id: str,
+        kind: str,
+        reason: str,
+        args: Any,
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        """Log, count and dead-letter a message that cannot run as a job."""
+        log.error("job.rejected", kind=kind, reason=reason)
+        if self.store is None:
+            return
         payload = redact(
             jsontext.dumps(
                 {"args": scrub_request_headers(list(args)), "kwargs": dict(kwargs)}
             )
         )
-        if self.store is not None:
-            self.store.dead_letter(reason, payload)
-        log.warning("job.dead_lettered", reason=reason)
-        return DeadLettered(reason)
+        self.store.dead_letter(reason, payload, kind=kind, job_id=job_id)
 
 
 def _argument_problem(args: Any, kwargs: Mapping[str, Any]) -> str | None:

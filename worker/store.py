@@ -101,14 +101,28 @@ class ResultStore:
         count, _ = pipe.execute()
         return int(count)
 
-    def dead_letter(self, reason: str, payload: str) -> None:
-        """Record a message that cannot have a result, with the reason."""
-        self.client.xadd(
+    def dead_letter(
+        self, reason: str, payload: str, *, kind: str = "no_job_id", job_id: str = ""
+    ) -> None:
+        """Record a rejected message with the reason, and count it by ``kind``."""
+        pipe = self.client.pipeline()
+        pipe.xadd(
             self.dead_letter_stream,
-            {"reason": reason, "payload": payload},
+            {"reason": reason, "kind": kind, "job_id": job_id, "payload": payload},
             maxlen=self.stream_maxlen,
             approximate=True,
         )
+        pipe.hincrby(self.rejections_key, kind, 1)
+        pipe.execute()
+
+    @property
+    def rejections_key(self) -> str:
+        """Hash of rejected-message counts by kind, for metrics and operators."""
+        return f"{self.key_prefix}:rejected"
+
+    def rejection_counts(self) -> dict[str, int]:
+        raw = self.client.hgetall(self.rejections_key)
+        return {_text(kind): int(count) for kind, count in raw.items()}
 
 
 def _text(value: bytes | str) -> str:

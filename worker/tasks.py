@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 import structlog
 from celery import Task
+from celery.exceptions import Reject
 
 from worker.app import TASK_NAME, app
 from worker.job import summarize
@@ -17,6 +18,31 @@ log = structlog.get_logger(__name__)
 
 # Seconds before a job whose Redis calls failed is tried again.
 REDIS_RETRY_S = 5.0
+
+
+def _reschedule(
+    task: Task, countdown_s: float, summary: str, **options: Any
+) -> NoReturn:
+    """Publish the task again after ``countdown_s``; always raises.
+
+    When the new message cannot be sent (the broker is down), Celery rejects
+    the current one without requeueing and the job would be lost. Requeueing
+    keeps it: Redis hands it out again, at the latest after the visibility
+    timeout.
+    """
+    try:
+        raise task.retry(
+            countdown=countdown_s, argsrepr=summary, kwargsrepr="{}", **options
+        )
+    except Reject as rejection:
+        if rejection.requeue:
+            raise
+        log.error(
+            "job.reschedule_failed",
+            error=str(rejection.reason),
+            action="job requeued unchanged",
+        )
+        raise Reject(rejection.reason, requeue=True) from None
 
 
 @app.task(
@@ -38,9 +64,7 @@ def execute(self: Task, *args: Any, **kwargs: Any) -> str | None:
             log.warning(
                 "job.redis_unavailable", error=str(error), retry_in_s=REDIS_RETRY_S
             )
-            raise self.retry(
-                countdown=REDIS_RETRY_S, argsrepr=summary, kwargsrepr="{}"
-            ) from None
+            _reschedule(self, REDIS_RETRY_S, summary)
 
         if isinstance(outcome, Reschedule):
             log.info(
@@ -49,12 +73,12 @@ def execute(self: Task, *args: Any, **kwargs: Any) -> str | None:
                 reason=outcome.reason,
                 attempts=outcome.progress.attempts,
             )
-            raise self.retry(
+            _reschedule(
+                self,
+                outcome.countdown_s,
+                summary,
                 args=args,
                 kwargs={**kwargs, PROGRESS_KEY: outcome.progress.to_message()},
-                countdown=outcome.countdown_s,
-                argsrepr=summary,
-                kwargsrepr="{}",
             )
         if isinstance(outcome, DeadLettered):
             return None

@@ -502,7 +502,8 @@ def test_missing_job_id(
     result = result_of(client, worker, valid_id).result
 
     assert len(dead) == 1
-    assert set(dead[0].fields) == {"reason", "payload"}
+    assert set(dead[0].fields) == {"reason", "kind", "job_id", "payload"}
+    assert dead[0].fields["kind"] == "no_job_id"
     assert "JobId" in dead[0].fields["reason"]
     assert '"Total":99.90' in dead[0].fields["payload"]
     assert result["ActionStatus"] == "Success"

@@ -1,0 +1,137 @@
+"""Messages Celery cannot turn into a task call: dead-lettered, counted, then dropped.
+
+Celery's consumer acknowledges a message it cannot decode and rejects one for
+an unknown task, logging it and nothing more. This consumer first writes the
+message to the dead-letter stream with the reason and counts it, so an operator
+can see and replay it; then Celery drops it as before and the worker goes on.
+Messages that decode but carry a bad job are handled by ``StepRunner``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import redis
+import structlog
+from celery import signals
+from celery.worker.consumer import Consumer
+
+from worker import jsontext
+from worker.job import scrub_request_headers
+from worker.step import redact
+from worker.store import ResultStore
+
+log = structlog.get_logger(__name__)
+
+# Bytes of a rejected message's body kept in its dead-letter entry.
+MAX_KEPT_BODY_BYTES = 64 * 1024
+# Message headers copied to the dead-letter entry; others may hold anything.
+_KEPT_HEADERS = ("task", "id", "root_id", "retries", "argsrepr", "origin")
+
+_store_lock = threading.Lock()
+_store: ResultStore | None = None
+
+
+def _result_store() -> ResultStore:
+    global _store
+    with _store_lock:
+        if _store is None:
+            from worker.runtime import result_store
+            from worker.settings import get_settings
+
+            _store = result_store(get_settings())
+        return _store
+
+
+def describe_message(message: Any, body: Any = None) -> str:
+    """Return a redacted JSON record of a rejected message, for the dead letters."""
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    raw = message.body
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", errors="replace")
+    raw = raw if isinstance(raw, bytes) else b""
+    record: dict[str, Any] = {
+        "content_type": message.content_type,
+        "content_encoding": message.content_encoding,
+        "headers": {key: headers.get(key) for key in _KEPT_HEADERS if key in headers},
+        "body_bytes": len(raw),
+    }
+    if body is not None:
+        record["body"] = scrub_request_headers(body)
+    else:
+        kept = raw[:MAX_KEPT_BODY_BYTES].decode("utf-8", errors="replace")
+        record["body_text"] = kept
+        record["body_truncated"] = len(raw) > MAX_KEPT_BODY_BYTES
+    try:
+        text = jsontext.dumps(record)
+    except (TypeError, ValueError):
+        record.pop("body", None)
+        record["body_text"] = repr(body)[:MAX_KEPT_BODY_BYTES]
+        text = jsontext.dumps(record)
+    return redact(text)
+
+
+def dead_letter_message(kind: str, reason: str, message: Any, body: Any) -> bool:
+    """Write a rejected message to the dead-letter stream; False when Redis failed."""
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    task_id = str(headers.get("id") or "")
+    log.error("message.rejected", kind=kind, reason=reason, task_id=task_id)
+    try:
+        _result_store().dead_letter(
+            reason, describe_message(message, body), kind=kind, job_id=""
+        )
+    except redis.RedisError as error:
+        log.error(
+            "message.dead_letter_failed",
+            kind=kind,
+            task_id=task_id,
+            error=str(error),
+            action="left unacknowledged; Redis delivers it again after the "
+            "visibility timeout",
+        )
+        return False
+    return True
+
+
+class DeadLetterConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, with every message it rejects sent to the dead-letter stream.
+
+    Celery's own handlers log the message body, which holds the order and may
+    hold request-header secrets, so these handlers replace them instead of
+    extending them.
+    """
+
+    def _drop(self, kind: str, reason: str, message: Any, body: Any) -> None:
+        if dead_letter_message(kind, reason, message, body):
+            message.reject_log_error(
+                logging.getLogger(__name__), self.connection_errors
+            )
+            signals.task_rejected.send(sender=self, message=message, exc=None)
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        reason = (
+            f"the message could not be decoded ({type(exc).__name__}: {exc}); "
+            "send JSON (content type application/json) as a Celery task message"
+        )
+        self._drop("not_decodable", reason, message, None)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        reason = (
+            "the message is not a Celery task message (no task name in its "
+            "headers); send it as a Celery protocol 2 task message"
+        )
+        self._drop("unknown_message", reason, message, body)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        reason = (
+            f"no task named {headers.get('task')!r} runs on this queue; the webhook "
+            "step task is 'webhook_step.execute'"
+        )
+        self._drop("unknown_task", reason, message, body)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        reason = f"the task message is invalid: {exc}"
+        self._drop("invalid_task", reason, message, body)
