@@ -3,7 +3,8 @@
 A consumer bootstep pings the broker every few seconds from a timer of the
 consumer's event loop and, when the ping works, writes the current time to the
 health file. Celery stops the step while it reconnects, and a stuck event loop
-runs no timer, so the file goes stale in both cases. ``webhook-step-worker health`` reads the file.
+runs no timer, so the file goes stale in both cases. The ``health`` command
+reads the file.
 """
 
 from __future__ import annotations

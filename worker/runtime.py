@@ -40,6 +40,7 @@ def build_runner(settings: WorkerSettings, *, with_redis: bool = True) -> StepRu
         store=result_store(settings) if with_redis else None,
         max_deliveries=settings.max_deliveries,
         max_job_bytes=settings.max_job_bytes,
+        max_retry_delay_s=settings.max_retry_delay_s,
     )
 
 

@@ -93,6 +93,15 @@ class WorkerSettings(BaseSettings):
             "Must exceed the worst case of one job."
         ),
     )
+    max_retry_delay_s: float = Field(
+        60.0,
+        gt=0,
+        le=60,
+        description=(
+            "Longest wait before a retry, in seconds, also when Retry-After asks "
+            "for more (then the step fails at once). At most 60."
+        ),
+    )
     eta_task_limit: int = Field(
         1000,
         ge=1,

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 from worker.settings import WorkerSettings
-from worker.step import MAX_ATTEMPTS, MAX_RETRY_DELAY_S, SAVE_DELAY_S
+from worker.step import SAVE_DELAY_S
 from worker.tenants import TenantStore
 
-# Room for broker round trips and scheduling jitter on top of the computed worst case.
-SAFETY_MARGIN_S = 60.0
+# Room for a full thread pool, broker round trips and publishing the result.
+SAFETY_MARGIN_S = 15.0
 
 
-def worst_case_job_s(timeout_s: float) -> float:
-    """Return the longest one job can stay unfinished with this connector timeout."""
-    retries = MAX_ATTEMPTS - 1
-    return (
-        timeout_s * MAX_ATTEMPTS
-        + retries * MAX_RETRY_DELAY_S
-        + SAVE_DELAY_S
-        + SAFETY_MARGIN_S
-    )
+def worst_case_message_s(timeout_s: float, max_retry_delay_s: float) -> float:
+    """Return the longest one task message can stay unacknowledged.
+
+    Each retry and the save delay are new messages, so one message waits at
+    most one countdown (held by the worker) and then makes one call.
+    """
+    return max(max_retry_delay_s, SAVE_DELAY_S) + timeout_s + SAFETY_MARGIN_S
 
 
 def startup_problems(settings: WorkerSettings) -> list[str]:
@@ -38,12 +36,12 @@ def startup_problems(settings: WorkerSettings) -> list[str]:
             continue
         if tenant is not None:
             timeouts += [c.timeout.total_seconds() for c in tenant.settings.connectors]
-    worst_s = worst_case_job_s(max(timeouts))
+    worst_s = worst_case_message_s(max(timeouts), settings.max_retry_delay_s)
     if worst_s >= settings.visibility_timeout_s:
         problems.append(
             f"WEBHOOK_WORKER_VISIBILITY_TIMEOUT_S={settings.visibility_timeout_s} "
-            f"is too short: a job with the longest connector timeout "
-            f"({max(timeouts):g} s) can take {worst_s:g} s, and Redis would hand "
-            f"it to a second worker; set it above {worst_s:g}"
+            f"is too short: a job message with the longest connector timeout "
+            f"({max(timeouts):g} s) can stay unacknowledged for {worst_s:g} s, and "
+            f"Redis would hand it to a second worker; set it above {worst_s:g}"
         )
     return problems

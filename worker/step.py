@@ -147,6 +147,7 @@ class StepRunner:
     max_deliveries: int = 3
     allow_retries: bool = True
     max_job_bytes: int = 2 * 1024 * 1024
+    max_retry_delay_s: float = MAX_RETRY_DELAY_S
 
     def run(
         self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]
@@ -365,10 +366,11 @@ class StepRunner:
             and self.allow_retries
             and progress.attempts < MAX_ATTEMPTS
         ):
-            delay_s = RETRY_DELAYS_S[progress.attempts - 1]
+            cap_s = self.max_retry_delay_s
+            delay_s = min(RETRY_DELAYS_S[progress.attempts - 1], cap_s)
             if error.retry_after_s is not None:
                 delay_s = max(delay_s, error.retry_after_s)
-            if delay_s <= MAX_RETRY_DELAY_S:
+            if delay_s <= cap_s:
                 note = (
                     f"attempt {progress.attempts} failed: {reason}; "
                     f"retried after {delay_s:g} s"
@@ -384,7 +386,7 @@ class StepRunner:
                 )
             reason += (
                 f"; Retry-After asks for {error.retry_after_s:g} s, more than the "
-                f"{MAX_RETRY_DELAY_S:g} s maximum, so the step fails now"
+                f"{cap_s:g} s maximum, so the step fails now"
             )
 
         stop = job.step.stop_on_error
