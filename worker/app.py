@@ -39,8 +39,10 @@ app.conf.update(
     # published (or a retry is queued), and a killed worker's jobs come back.
     task_acks_late=True,
     task_reject_on_worker_lost=True,
-    # Infrastructure errors (Redis down) must not acknowledge the job.
+    # The task turns every error into a result, a retry or a requeue, so a task
+    # failure means a bug; do not acknowledge its message as if it had run.
     task_acks_on_failure_or_timeout=False,
+    # Reserve one message per thread, so idle workers get the next jobs.
     worker_prefetch_multiplier=1,
     worker_cancel_long_running_tasks_on_connection_loss=True,
     # Jobs waiting on a countdown are held in the worker's memory; at this many

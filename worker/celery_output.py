@@ -16,9 +16,27 @@ import time
 from typing import Any
 
 import structlog
+from celery.exceptions import InvalidTaskError
 from celery.worker.request import Request
 
 _FIELD = re.compile(r'\\?"(JobId|ActionStatus|CancelWorkflow)\\?":\s*\\?"?([^",\\]*)')
+
+
+def body_shape_problem(body: Any) -> str | None:
+    """Return why a decoded task body is not ``[args, kwargs, embed]``, or None."""
+    if not isinstance(body, list | tuple) or len(body) != 3:
+        return (
+            "the task message body must be a JSON array of three items, "
+            "[args, kwargs, embed]"
+        )
+    args, kwargs, embed = body
+    if not isinstance(args, list | tuple):
+        return "the first item of the task message body (args) must be an array"
+    if not isinstance(kwargs, dict):
+        return "the second item of the task message body (kwargs) must be an object"
+    if embed is not None and not isinstance(embed, dict):
+        return "the third item of the task message body (embed) must be an object"
+    return None
 
 
 def summarize_result(text: Any) -> str:
@@ -42,7 +60,28 @@ def summarize_result(text: Any) -> str:
 
 
 class SummarizingRequest(Request):  # type: ignore[misc]
-    """Celery's task request, with the result replaced by its summary in events."""
+    """Celery's task request, with the result replaced by its summary in events.
+
+    It also checks the message body's shape, ``[args, kwargs, embed]``. Celery
+    unpacks the body without a check, so a body of another shape either stops
+    the worker or leaves the message unacknowledged forever; here it becomes an
+    InvalidTaskError, which the consumer dead-letters.
+    """
+
+    def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(message, *args, **kwargs)
+            body = self._Request__payload
+        except InvalidTaskError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise InvalidTaskError(
+                f"the task message body is not [args, kwargs, embed] "
+                f"({type(error).__name__}: {error})"
+            ) from None
+        problem = body_shape_problem(body)
+        if problem is not None:
+            raise InvalidTaskError(problem)
 
     def send_event(self, type: str, **fields: Any) -> None:
         if type == "task-succeeded" and "result" in fields:

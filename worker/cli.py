@@ -30,14 +30,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from worker.settings import get_settings
 
     settings = get_settings()
+    # Celery reads "--pool prefork" as "no pool given" and keeps the configured
+    # pool, so the choice goes into the configuration as well.
+    app.conf.worker_pool = args.pool or settings.pool
+    app.conf.worker_concurrency = args.concurrency or settings.concurrency
     argv = [
         "worker",
         "--queues",
         settings.queue,
         "--pool",
-        args.pool or settings.pool,
+        app.conf.worker_pool,
         "--concurrency",
-        str(args.concurrency or settings.concurrency),
+        str(app.conf.worker_concurrency),
         "--loglevel",
         settings.log_level,
         *args.celery_args,
@@ -72,9 +76,29 @@ def submit_job(job: Any, *, new_id: bool = False) -> str:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    for path in args.files:
-        for job in _load_jobs(Path(path)):
+    from kombu.exceptions import OperationalError
+
+    from worker.job import usable_job_id
+    from worker.settings import get_settings
+
+    # Check every job first, so a bad file enqueues nothing.
+    jobs = [job for path in args.files for job in _load_jobs(Path(path))]
+    if not args.new_id:
+        for index, job in enumerate(jobs):
+            if usable_job_id(job) is None:
+                raise SystemExit(
+                    f"job #{index + 1} has no usable JobId (a non-empty string of at "
+                    "most 200 characters); add one, or pass --new-id to give each "
+                    "job a fresh one. Nothing was enqueued."
+                )
+    try:
+        for job in jobs:
             print(submit_job(job, new_id=args.new_id), flush=True)
+    except OperationalError as error:
+        raise SystemExit(
+            f"cannot reach the broker at {get_settings().broker_url}: {error}; "
+            "start Redis or set WEBHOOK_WORKER_BROKER_URL"
+        ) from None
     return 0
 
 
@@ -281,8 +305,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         # Options the worker command does not know go to 'celery worker' as given.
         args.celery_args = [item for item in extra if item != "--"]
+    import redis
+
     try:
         code: int = args.handler(args)
+    except redis.ConnectionError as error:
+        print(
+            f"error: cannot reach Redis ({error}); start it or set "
+            "WEBHOOK_WORKER_BROKER_URL / WEBHOOK_WORKER_REDIS_URL",
+            file=sys.stderr,
+        )
+        return 1
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2

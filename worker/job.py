@@ -42,8 +42,10 @@ class StepModel(_JobModel):
     name: str | None = Field(None, alias="Name")
     connector: str | None = Field(None, alias="Connector")
     connector_id: str | None = Field(None, alias="ConnectorId")
-    run_after_order_is_saved: bool = Field(False, alias="RunAfterOrderIsSaved")
-    stop_on_error: bool = Field(False, alias="StopOnError")
+    run_after_order_is_saved: bool = Field(
+        False, alias="RunAfterOrderIsSaved", strict=True
+    )
+    stop_on_error: bool = Field(False, alias="StopOnError", strict=True)
     error_status: str | None = Field(None, alias="ErrorStatus")
     translate_key: str | None = Field(None, alias="TranslateKey")
     properties: list[StepProperty] = Field(default_factory=list, alias="Properties")
@@ -52,11 +54,12 @@ class StepModel(_JobModel):
 class JobModel(_JobModel):
     """The job message, validated field by field."""
 
-    schema_version: int = Field(SCHEMA_VERSION, alias="SchemaVersion")
+    # Strict: the version is an integer, never "1", 1.0 or true.
+    schema_version: int = Field(SCHEMA_VERSION, alias="SchemaVersion", strict=True)
     job_id: str = Field(alias="JobId", min_length=1, max_length=MAX_JOB_ID_LENGTH)
     tenant_id: str = Field(alias="TenantId")
     correlation_id: str | None = Field(None, alias="CorrelationId")
-    run_by_system_service: bool = Field(True, alias="RunBySystemService")
+    run_by_system_service: bool = Field(True, alias="RunBySystemService", strict=True)
     step: StepModel = Field(alias="Step")
     order: dict[str, Any] = Field(alias="Order")
 
@@ -115,6 +118,11 @@ class Job:
         return list(self.request_headers.values())
 
 
+def is_request_header_group(key_group: Any) -> bool:
+    """Return True for the key group RequestHeaders, in any casing."""
+    return isinstance(key_group, str) and key_group.lower() == "requestheaders"
+
+
 def scrub_request_headers(value: Any) -> Any:
     """Return a copy of ``value`` with the Value of every RequestHeaders item hidden.
 
@@ -125,7 +133,7 @@ def scrub_request_headers(value: Any) -> Any:
         return [scrub_request_headers(item) for item in value]
     if not isinstance(value, Mapping):
         return value
-    is_header = get_any_case(value, "KeyGroup") == REQUEST_HEADERS_GROUP
+    is_header = is_request_header_group(get_any_case(value, "KeyGroup"))
     scrubbed = {}
     for key, item in value.items():
         if is_header and isinstance(key, str) and key.lower() == "value":
@@ -171,7 +179,7 @@ def _read_properties(step: StepModel) -> dict[str, Any]:
     values: dict[str, Any] = {"request_headers": {}}
     for prop in step.properties:
         key_lower = prop.key.lower()
-        if prop.key_group == REQUEST_HEADERS_GROUP:
+        if is_request_header_group(prop.key_group):
             problem = header_problem(prop.key, prop.value or "")
             if problem:
                 raise JobInvalid(

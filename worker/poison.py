@@ -9,6 +9,7 @@ Messages that decode but carry a bad job are handled by ``StepRunner``.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from typing import Any
@@ -19,7 +20,7 @@ from celery import signals
 from celery.worker.consumer import Consumer
 
 from worker import jsontext
-from worker.job import scrub_request_headers
+from worker.job import scrub_request_headers, usable_job_id
 from worker.step import redact
 from worker.store import ResultStore
 
@@ -73,14 +74,46 @@ def describe_message(message: Any, body: Any = None) -> str:
     return redact(text)
 
 
+def salvage_job(message: Any, body: Any) -> Any:
+    """Return the job in a rejected message's body, when one can be read at all.
+
+    Python's json module is lenient where the worker's codec is strict (NaN,
+    Infinity), so a job with such a value still shows its JobId here.
+    """
+    candidate = body
+    if candidate is None:
+        raw = message.body
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+            candidate = json.loads(text)
+        except (ValueError, RecursionError, UnicodeDecodeError):
+            return None
+    if isinstance(candidate, list | tuple) and candidate:
+        arguments = candidate[0]
+        if isinstance(arguments, list | tuple) and arguments:
+            return arguments[0]
+    return None
+
+
 def dead_letter_message(kind: str, reason: str, message: Any, body: Any) -> bool:
-    """Write a rejected message to the dead-letter stream; False when Redis failed."""
+    """Dead-letter a rejected message, and give its job an Error result if it has one.
+
+    Returns False when Redis failed, so the caller leaves the message unacknowledged.
+    """
     headers = message.headers if isinstance(message.headers, dict) else {}
     task_id = str(headers.get("id") or "")
-    log.error("message.rejected", kind=kind, reason=reason, task_id=task_id)
+    job = salvage_job(message, body)
+    job_id = usable_job_id(job) or ""
+    log.error(
+        "message.rejected", kind=kind, reason=reason, task_id=task_id, job_id=job_id
+    )
     try:
+        if job_id:
+            from worker.runtime import get_runner
+
+            get_runner().publish_rejection(job, f"the job was rejected: {reason}")
         _result_store().dead_letter(
-            reason, describe_message(message, body), kind=kind, job_id=""
+            reason, describe_message(message, body), kind=kind, job_id=job_id
         )
     except redis.RedisError as error:
         log.error(
@@ -102,6 +135,23 @@ class DeadLetterConsumer(Consumer):  # type: ignore[misc]
     hold request-header secrets, so these handlers replace them instead of
     extending them.
     """
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        """Wrap Celery's handler so that no message can stop the consumer."""
+        handle = super().create_task_handler(*args, **kwargs)
+
+        def guarded(message: Any) -> Any:
+            try:
+                return handle(message)
+            except Exception as error:
+                reason = (
+                    f"the worker could not accept the message "
+                    f"({type(error).__name__}: {error})"
+                )
+                log.exception("message.unexpected_error")
+                return self._drop("unexpected_error", reason, message, None)
+
+        return guarded
 
     def _drop(self, kind: str, reason: str, message: Any, body: Any) -> None:
         if dead_letter_message(kind, reason, message, body):

@@ -248,7 +248,9 @@ class StepRunner:
                 messages=list(progress.notes),
                 duration_ms=_now_ms() - started_ms,
             )
-            return self._publish(job.job_id, result, job_fingerprint)
+            return self._publish(
+                job.job_id, result, job_fingerprint, job.secret_values()
+            )
 
         connector = endpoint.connector
         structlog.contextvars.bind_contextvars(
@@ -347,7 +349,7 @@ class StepRunner:
             completed_at=timestamp,
             **_connector_fields(endpoint),
         )
-        return self._publish(job.job_id, result, job_fingerprint)
+        return self._publish(job.job_id, result, job_fingerprint, job.secret_values())
 
     def _after_failure(
         self,
@@ -407,7 +409,27 @@ class StepRunner:
             changed_properties=changed_properties(job.order, order),
             **_connector_fields(endpoint),
         )
-        return self._publish(job.job_id, result, job_fingerprint)
+        return self._publish(job.job_id, result, job_fingerprint, job.secret_values())
+
+    def publish_rejection(self, raw_job: Any, reason: str) -> Finished | None:
+        """Publish an Error result, without the order, for a job Celery rejected.
+
+        Used for messages that never reach ``run``, such as a body that is not
+        valid JSON but still shows a JobId. Returns None without a JobId.
+        """
+        job_id = usable_job_id(raw_job)
+        if job_id is None:
+            return None
+        identity = replace(JobIdentity.salvage(raw_job, job_id), order=None)
+        try:
+            text = jsontext.dumps(raw_job, sort_keys=True)
+        except (TypeError, ValueError):
+            text = repr(raw_job)
+        job_fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        existing = self._existing_result(job_id, job_fingerprint)
+        if existing is not None:
+            return existing
+        return self._finish_invalid(identity, job_fingerprint, reason, _now_ms())
 
     def _existing_result(self, job_id: str, job_fingerprint: str) -> Finished | None:
         if self.store is None:
@@ -442,9 +464,16 @@ class StepRunner:
         return self._publish(identity.job_id, result, job_fingerprint)
 
     def _publish(
-        self, job_id: str, result: StepResult, job_fingerprint: str
+        self,
+        job_id: str,
+        result: StepResult,
+        job_fingerprint: str,
+        job_secrets: list[str] | tuple[str, ...] = (),
     ) -> Finished:
-        result_json = result.to_json()
+        # A webhook may echo a credential into the order it returns; the result
+        # must not carry it. NOTE: a secret that JSON escapes (quotes,
+        # backslashes) is not found in the encoded text.
+        result_json = redact(result.to_json(), job_secrets)
         published = True
         if self.store is not None:
             published, result_json = self.store.publish(

@@ -7,7 +7,7 @@ from typing import Any, NoReturn
 import redis
 import structlog
 from celery import Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 
 from worker.app import TASK_NAME, app
 from worker.job import summarize
@@ -83,5 +83,13 @@ def execute(self: Task, *args: Any, **kwargs: Any) -> str | None:
         if isinstance(outcome, DeadLettered):
             return None
         return outcome.result_json
+    except (Retry, Reject):
+        raise
+    except Exception as error:
+        # Celery would drop the message of a failed task. Requeue it instead:
+        # the delivery counter ends the job with an Error result if it keeps
+        # failing.
+        log.exception("job.task_failed", error=f"{type(error).__name__}: {error}")
+        raise Reject(str(error), requeue=True) from None
     finally:
         structlog.contextvars.clear_contextvars()

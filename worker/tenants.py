@@ -44,6 +44,8 @@ def url_for_message(url: str) -> str:
     except ValueError:
         return "(an unparsable URL)"
     host = parts.hostname or ""
+    if not parts.scheme or not host:
+        return repr(parts.path[:200])
     if ":" in host:
         host = f"[{host}]"
     shown_port = f":{port}" if port else ""
@@ -221,23 +223,48 @@ class LoadedTenant:
 _SECRET_FIELDS = ("BearerToken", "Password")
 
 
-def _expand(value: Any, where: str, found: set[str], env: Mapping[str, str]) -> Any:
+def _expand(
+    value: Any,
+    where: str,
+    found: set[str],
+    env: Mapping[str, str],
+    problems: list[str],
+) -> Any:
+    """Expand every ``${...}`` in ``value``; add each failure to ``problems``."""
     if isinstance(value, str):
         if not secrets.has_reference(value):
             return value
-        expanded = secrets.expand_references(value, where, env)
+        try:
+            expanded = secrets.expand_references(value, where, env)
+        except ConfigError as error:
+            problems.append(str(error))
+            return value
         found.add(expanded)
         return expanded
     if isinstance(value, list):
         return [
-            _expand(item, f"{where}[{i}]", found, env) for i, item in enumerate(value)
+            _expand(item, f"{where}[{i}]", found, env, problems)
+            for i, item in enumerate(value)
         ]
     if isinstance(value, dict):
+        prefix = _where_in(where, value)
+        joiner = " field " if prefix != where else "."
         return {
-            key: _expand(item, f"{where}.{key}", found, env)
+            key: _expand(
+                item, f"{prefix}{joiner}{key}" if prefix else key, found, env, problems
+            )
             for key, item in value.items()
         }
     return value
+
+
+def _where_in(where: str, mapping: dict[str, Any]) -> str:
+    """Name a connector by its id in place of its list index, when it has one."""
+    if where.startswith("Connectors[") and where.count("[") == 1:
+        label = _connector_label(mapping, 0)
+        if not label.startswith("connector #"):
+            return label
+    return where
 
 
 def _connector_label(raw: Any, index: int) -> str:
@@ -274,23 +301,40 @@ def _describe_errors(error: ValidationError, raw: dict[str, Any]) -> str:
     return "; ".join(lines)
 
 
-def _check_secret_fields(raw: dict[str, Any], path: Path) -> None:
+def _secret_field_problems(raw: dict[str, Any]) -> list[str]:
+    """Return each secret written literally in the file, by connector and field."""
     connectors = canonical_keys(raw, ["Connectors"]).get("Connectors")
     if not isinstance(connectors, list):
-        return
+        return []
+    advice = (
+        "secrets must not be written in the file; write ${ENV_VAR} or "
+        "${file:/path} and provide the value there"
+    )
+    problems = []
     for index, connector in enumerate(connectors):
         if not isinstance(connector, dict):
             continue
-        fields = canonical_keys(connector, _SECRET_FIELDS)
+        label = _connector_label(connector, index)
+        fields = canonical_keys(connector, [*_SECRET_FIELDS, "CustomHeaders"])
         for field in _SECRET_FIELDS:
             value = fields.get(field)
             if isinstance(value, str) and value and not secrets.has_reference(value):
-                raise ConfigError(
-                    f"{path}: {_connector_label(connector, index)} field {field}: "
-                    "secrets must not be written in the file; write ${ENV_VAR} "
-                    "or ${file:/path} and provide the value there",
-                    path=str(path),
+                problems.append(f"{label} field {field}: {advice}")
+        headers = fields.get("CustomHeaders")
+        for position, header in enumerate(headers if isinstance(headers, list) else []):
+            if not isinstance(header, dict):
+                continue
+            parts = canonical_keys(header, ["Key", "Value", "Secret"])
+            key, value = parts.get("Key"), parts.get("Value")
+            marked = parts.get("Secret") is True or (
+                isinstance(key, str) and is_sensitive_header(key)
+            )
+            literal = isinstance(value, str) and not secrets.has_reference(value)
+            if marked and value and literal:
+                problems.append(
+                    f"{label} field CustomHeaders[{position}] ({key}): {advice}"
                 )
+    return problems
 
 
 def _check_markets(settings: TenantSettings) -> list[str]:
@@ -376,12 +420,11 @@ def parse_tenant_file(
             path=str(path),
         )
 
-    _check_secret_fields(raw, path)
+    problems = _secret_field_problems(raw)
     found: set[str] = set()
-    try:
-        expanded = _expand(raw, "settings", found, env)
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error}", path=str(path)) from error
+    expanded = _expand(raw, "", found, env, problems)
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems), path=str(path))
 
     try:
         settings = TenantSettings.model_validate(expanded)

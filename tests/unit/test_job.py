@@ -355,3 +355,25 @@ def test_summarize_non_text_values() -> None:
 
 def test_summarize_truncates() -> None:
     assert f"job_id={'j' * 80}," in summarize({"JobId": "j" * 500})
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _job(SchemaVersion="1"),
+        _job(SchemaVersion=1.0),
+        _job(SchemaVersion=True),
+        _job(RunBySystemService="yes"),
+        _job(Step=_step(StopOnError="yes")),
+        _job(Step=_step(RunAfterOrderIsSaved=1)),
+    ],
+    ids=["version-text", "version-float", "version-bool", "system", "stop", "after"],
+)
+def test_job_loose_types_invalid(raw: dict[str, Any]) -> None:
+    assert _invalid(jsontext.loads(jsontext.dumps(raw)))
+
+
+def test_job_request_header_group_any_case() -> None:
+    prop = {"Key": "X-Api-Key", "Value": "k-1", "KeyGroup": "requestheaders"}
+    job = parse_job(_job(Step=_step(prop)))
+    assert job.request_headers == {"X-Api-Key": "k-1"}

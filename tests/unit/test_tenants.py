@@ -79,7 +79,9 @@ def test_tenant_file_empty_object(tmp_path: Path) -> None:
                     "connectorId": "c1",
                     "timeOut": "00:00:05",
                     "enabledForMarkets": ["SE"],
-                    "customHeaders": [{"key": "X-A", "value": "1", "secret": True}],
+                    "customHeaders": [
+                        {"key": "X-A", "value": "${X_A}", "secret": True}
+                    ],
                 }
             ]
         },
@@ -91,7 +93,9 @@ def test_tenant_file_empty_object(tmp_path: Path) -> None:
                     "ConnectorId": "c1",
                     "TimeOut": "00:00:05",
                     "EnabledForMarkets": ["SE"],
-                    "CustomHeaders": [{"Key": "X-A", "Value": "1", "Secret": True}],
+                    "CustomHeaders": [
+                        {"Key": "X-A", "Value": "${X_A}", "Secret": True}
+                    ],
                 }
             ]
         },
@@ -103,7 +107,9 @@ def test_tenant_file_empty_object(tmp_path: Path) -> None:
                     "connectorid": "c1",
                     "TIMEOUT": "00:00:05",
                     "enabledformarkets": ["SE"],
-                    "CustomHeaders": [{"KEY": "X-A", "value": "1", "secret": True}],
+                    "CustomHeaders": [
+                        {"KEY": "X-A", "value": "${X_A}", "secret": True}
+                    ],
                 }
             ]
         },
@@ -111,7 +117,7 @@ def test_tenant_file_empty_object(tmp_path: Path) -> None:
     ids=["camelCase", "PascalCase", "other casing"],
 )
 def test_tenant_keys_any_case(tmp_path: Path, data: dict[str, Any]) -> None:
-    found = _parse(tmp_path, data).settings.connectors[0]
+    found = _parse(tmp_path, data, env={"X_A": "1"}).settings.connectors[0]
     assert found.name == "erp"
     assert found.connector_id == "c1"
     assert found.timeout.total_seconds() == 5
@@ -171,9 +177,40 @@ def test_tenant_missing_env_variable(
 
 
 def test_tenant_sensitive_header_is_secret(tmp_path: Path) -> None:
-    header = {"Key": "Authorization", "Value": "Basic abcd"}
-    tenant = _parse(tmp_path, {"Connectors": [connector(CustomHeaders=[header])]})
+    header = {"Key": "Authorization", "Value": "${ERP_AUTH}"}
+    data = {"Connectors": [connector(CustomHeaders=[header])]}
+    tenant = _parse(tmp_path, data, env={"ERP_AUTH": "Basic abcd"})
     assert "Basic abcd" in tenant.secret_values
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"Key": "Authorization", "Value": "Basic abcd"},
+        {"Key": "X-Api-Key", "Value": "k-123"},
+        {"Key": "X-Plain", "Value": "v", "Secret": True},
+    ],
+    ids=["authorization", "api-key", "marked-secret"],
+)
+def test_tenant_literal_secret_header_rejected(
+    tmp_path: Path, header: dict[str, Any]
+) -> None:
+    message = _error(tmp_path, {"Connectors": [connector(CustomHeaders=[header])]})
+    assert "CustomHeaders[0]" in message
+    assert "secrets must not be written in the file" in message
+
+
+def test_tenant_reports_every_problem(tmp_path: Path) -> None:
+    data = {
+        "Connectors": [
+            connector(ConnectorId="a", BearerToken="${MISSING_ONE}"),
+            connector(ConnectorId="b", Name="other", Password="literal", Username="u"),
+        ]
+    }
+    message = _error(tmp_path, data)
+    assert "connector 'a' field BearerToken" in message
+    assert "MISSING_ONE" in message
+    assert "connector 'b' field Password" in message
 
 
 def test_tenant_plain_header_not_secret(tmp_path: Path) -> None:
