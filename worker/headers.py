@@ -11,7 +11,16 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 # Headers the worker sets itself; a setting or job cannot replace them.
 RESERVED_HEADERS = frozenset(
-    {"content-type", "content-length", "host", "idempotency-key", "transfer-encoding"}
+    {
+        "content-type",
+        "content-length",
+        "host",
+        "idempotency-key",
+        "transfer-encoding",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
 )
 
 # Names whose values are treated as secrets even when not marked so.

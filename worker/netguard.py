@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -30,24 +31,89 @@ class AddressNotAllowed(Exception):
     def __init__(self, host: str, addresses: list[str]) -> None:
         super().__init__(
             f"host {host!r} resolves to {', '.join(addresses)}, which outbound calls "
-            "may not reach; set WEBHOOK_WORKER_ALLOW_PRIVATE_NETWORKS=true only for "
-            "trusted internal endpoints"
+            "may not reach (private, loopback, link-local or reserved); to call a "
+            "trusted internal endpoint, add its network to "
+            "WEBHOOK_WORKER_ALLOWED_NETWORKS or its host name to "
+            "WEBHOOK_WORKER_ALLOWED_HOSTS"
         )
         self.host = host
         self.addresses = addresses
 
 
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """Return the IPv4 address an IPv6 address carries (mapped, NAT64, 6to4), if any."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64_WELL_KNOWN or address in _IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def is_public(address: IPAddress) -> bool:
-    """Return True for globally routable unicast addresses."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Return True for globally routable unicast addresses.
+
+    An IPv6 address that carries an IPv4 address is judged by that IPv4
+    address, because a NAT64 or 6to4 gateway would deliver it there.
+    """
+    if isinstance(address, ipaddress.IPv6Address) and address in _NAT64_LOCAL:
+        return False
+    inner = embedded_ipv4(address)
+    if inner is not None:
+        address = inner
     return address.is_global and not address.is_multicast
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """Which addresses outbound calls may reach.
+
+    Public unicast addresses always; private ones only when
+    ``allow_private_networks`` is set, the address lies in ``allowed_networks``,
+    or the host name is in ``allowed_hosts`` (compared without case).
+    """
+
+    allow_private_networks: bool = False
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    allowed_hosts: frozenset[str] = frozenset()
+
+    def allows(self, host: str, address: IPAddress) -> bool:
+        if self.allow_private_networks or is_public(address):
+            return True
+        if host.lower().rstrip(".") in self.allowed_hosts:
+            return True
+        checked = embedded_ipv4(address) or address
+        return any(
+            checked.version == network.version and checked in network
+            for network in self.allowed_networks
+        )
+
+
+def check_host(host: str, port: int, policy: AddressPolicy) -> None:
+    """Resolve ``host`` and raise AddressNotAllowed unless every address is allowed.
+
+    Raises:
+        OSError: the name does not resolve.
+    """
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    blocked = [str(a) for a in addresses if not policy.allows(host, a)]
+    if blocked:
+        raise AddressNotAllowed(host, blocked)
 
 
 class _GuardedConnectionMixin:
     """Connects only to checked addresses and ties sockets to the call's deadline."""
 
-    allow_private_networks = False
+    policy = AddressPolicy()
 
     host: str
     port: int
@@ -71,7 +137,7 @@ class _GuardedConnectionMixin:
         last_error: OSError | None = None
         for family, socktype, proto, _name, sockaddr in infos:
             address = ipaddress.ip_address(sockaddr[0])
-            if not self.allow_private_networks and not is_public(address):
+            if not self.policy.allows(self.host, address):
                 blocked.append(str(address))
                 continue
             sock = socket.socket(family, socktype, proto)
@@ -123,17 +189,13 @@ class GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
         return super().getresponse()
 
 
-def pool_classes(allow_private_networks: bool) -> dict[str, type[HTTPConnectionPool]]:
+def pool_classes(policy: AddressPolicy) -> dict[str, type[HTTPConnectionPool]]:
     """Return urllib3 pool classes whose connections apply the address check."""
     http_connection = type(
-        "HTTPConnection",
-        (GuardedHTTPConnection,),
-        {"allow_private_networks": allow_private_networks},
+        "HTTPConnection", (GuardedHTTPConnection,), {"policy": policy}
     )
     https_connection = type(
-        "HTTPSConnection",
-        (GuardedHTTPSConnection,),
-        {"allow_private_networks": allow_private_networks},
+        "HTTPSConnection", (GuardedHTTPSConnection,), {"policy": policy}
     )
     http_pool = type(
         "HTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http_connection}

@@ -33,7 +33,10 @@ def build_runner(settings: WorkerSettings, *, with_redis: bool = True) -> StepRu
     return StepRunner(
         tenants=TenantStore(settings.config_dir),
         client=WebhookClient(
-            allow_private_networks=settings.allow_private_networks,
+            policy=settings.address_policy(),
+            proxy_url=settings.proxy_url,
+            ca_bundle=str(settings.ca_bundle) if settings.ca_bundle else None,
+            max_header_bytes=settings.max_response_header_bytes,
             max_response_bytes=settings.max_response_bytes,
             pool_size=settings.http_pool_size,
         ),

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import ConfigError
+from worker.netguard import AddressPolicy
 
 ENV_PREFIX = "WEBHOOK_WORKER_"
 
@@ -65,6 +67,35 @@ class WorkerSettings(BaseSettings):
             "Allow webhook calls to loopback, private and link-local addresses. "
             "Off in production; tests and the demo turn it on."
         ),
+    )
+    allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Comma-separated CIDR networks that webhook calls may reach although "
+            "they are private, for example 10.20.0.0/16,fd00:1::/64."
+        ),
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Comma-separated host names whose addresses webhook calls may reach "
+            "although they are private, for example erp.internal."
+        ),
+    )
+    proxy_url: str | None = Field(
+        None,
+        description=(
+            "HTTP proxy for webhook calls. HTTP_PROXY and the like are never read."
+        ),
+    )
+    ca_bundle: Path | None = Field(
+        None,
+        description="CA certificates file for HTTPS webhooks; default: certifi's.",
+    )
+    max_response_header_bytes: int = Field(
+        64 * 1024,
+        gt=0,
+        description="Largest total size of a response's headers, in bytes.",
     )
     max_response_bytes: int = Field(
         1024 * 1024,
@@ -139,6 +170,37 @@ class WorkerSettings(BaseSettings):
         description="json, console, or auto (console on a terminal, else json).",
     )
     log_level: str = Field("INFO", description="Level of the worker's logs.")
+
+    @field_validator("allowed_networks", "allowed_hosts", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not a network; write CIDR such as 10.0.0.0/8"
+                ) from None
+        return value
+
+    def address_policy(self) -> AddressPolicy:
+        return AddressPolicy(
+            allow_private_networks=self.allow_private_networks,
+            allowed_networks=tuple(
+                ipaddress.ip_network(item, strict=False)
+                for item in self.allowed_networks
+            ),
+            allowed_hosts=frozenset(
+                host.lower().rstrip(".") for host in self.allowed_hosts
+            ),
+        )
 
     @property
     def results_redis_url(self) -> str:

@@ -41,6 +41,7 @@ from worker.results import (
     export_event,
     utc_timestamp,
 )
+from worker.signing import secret_key, signature_headers
 from worker.store import ResultStore
 from worker.tenants import TenantStore
 from worker.updates import (
@@ -293,11 +294,16 @@ class StepRunner:
     def _attempt(self, job: Job, endpoint: Endpoint, attempt: int) -> Any:
         """Call the webhook once; return the response or the WebhookError it raised."""
         body = jsontext.dumps(job.order).encode("utf-8")
+        headers = request_headers(job, endpoint)
+        connector = endpoint.connector
+        if connector is not None and connector.signing_secret:
+            key = secret_key(connector.signing_secret)
+            headers.update(signature_headers(key, job.job_id, body))
         try:
             response = self.client.post(
                 session_key=endpoint.session_key,
                 url=endpoint.url,
-                headers=request_headers(job, endpoint),
+                headers=headers,
                 body=body,
                 timeout_s=endpoint.timeout_s,
                 attempt=attempt,

@@ -26,6 +26,7 @@ from worker import secrets
 from worker.casing import canonical_keys
 from worker.errors import ConfigError
 from worker.headers import header_problem, is_sensitive_header
+from worker.signing import secret_key
 from worker.timespan import TimeSpanError, parse_timespan
 
 log = structlog.get_logger(__name__)
@@ -162,6 +163,17 @@ class ConnectorSettings(CaseInsensitiveModel):
     keep_existing_custom_properties: bool = Field(
         True, alias="KeepExistingCustomProperties"
     )
+    signing_secret: str | None = Field(None, alias="SigningSecret", repr=False)
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _check_signing_secret(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                secret_key(value)
+            except ConfigError as error:
+                raise ValueError(str(error)) from None
+        return value
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -220,7 +232,7 @@ class LoadedTenant:
 
 
 # Fields whose values must come from ${...} references, never from the file itself.
-_SECRET_FIELDS = ("BearerToken", "Password")
+_SECRET_FIELDS = ("BearerToken", "Password", "SigningSecret")
 
 
 def _expand(
@@ -441,7 +453,11 @@ def parse_tenant_file(
 
     secret_values = set(found)
     for connector in settings.connectors:
-        for value in (connector.bearer_token, connector.password):
+        for value in (
+            connector.bearer_token,
+            connector.password,
+            connector.signing_secret,
+        ):
             if value:
                 secret_values.add(value)
         for header in connector.custom_headers:

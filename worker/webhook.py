@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import http.cookiejar
 import re
 import threading
@@ -27,12 +28,15 @@ from worker.errors import (
     WebhookTimeout,
     WebhookUnavailable,
 )
-from worker.netguard import AddressNotAllowed, pool_classes
+from worker.netguard import AddressNotAllowed, AddressPolicy, check_host, pool_classes
 
 log = structlog.get_logger(__name__)
 
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _READ_CHUNK_BYTES = 64 * 1024
+# Largest total size of a response's header lines. http.client alone allows
+# 100 lines of 64 KiB each.
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 
 
 _DIGITS = re.compile(r"[0-9]+")
@@ -92,29 +96,41 @@ class WebhookClient:
     def __init__(
         self,
         *,
-        allow_private_networks: bool,
+        allow_private_networks: bool = False,
         max_response_bytes: int,
         pool_size: int = 32,
+        policy: AddressPolicy | None = None,
+        proxy_url: str | None = None,
+        ca_bundle: str | None = None,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
     ) -> None:
-        self.allow_private_networks = allow_private_networks
+        self.policy = policy or AddressPolicy(
+            allow_private_networks=allow_private_networks
+        )
         self.max_response_bytes = max_response_bytes
         self.pool_size = pool_size
+        self.proxy_url = proxy_url
+        self.ca_bundle = ca_bundle
+        self.max_header_bytes = max_header_bytes
         self._sessions: dict[str, requests.Session] = {}
         self._lock = threading.Lock()
 
     def _new_session(self) -> requests.Session:
         session = _NoRedirectSession()
-        # Proxies and .netrc credentials from the environment are never used.
+        # Proxies and .netrc credentials from the environment are never used;
+        # a proxy comes only from WEBHOOK_WORKER_PROXY_URL.
         session.trust_env = False
+        if self.proxy_url:
+            session.proxies = {"http": self.proxy_url, "https": self.proxy_url}
+        if self.ca_bundle:
+            session.verify = self.ca_bundle
         session.cookies.set_policy(
             http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
         )
         adapter = HTTPAdapter(
             pool_connections=4, pool_maxsize=self.pool_size, max_retries=0
         )
-        adapter.poolmanager.pool_classes_by_scheme = pool_classes(
-            self.allow_private_networks
-        )
+        adapter.poolmanager.pool_classes_by_scheme = pool_classes(self.policy)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
@@ -197,6 +213,18 @@ class WebhookClient:
         timeout_s: float,
     ) -> tuple[int, dict[str, Any] | None]:
         session = self.session_for(session_key)
+        if self.proxy_url:
+            # The proxy, not this worker, opens the connection to the webhook,
+            # so the address check runs here, before the request.
+            parts = urlsplit(url)
+            try:
+                check_host(parts.hostname or "", parts.port or 443, self.policy)
+            except AddressNotAllowed as error:
+                raise BlockedAddress(str(error), url=shown_url) from None
+            except OSError as error:
+                raise WebhookUnavailable(
+                    f"cannot resolve the host of {shown_url}: {error}", url=shown_url
+                ) from None
         try:
             response = session.post(
                 url,
@@ -218,12 +246,29 @@ class WebhookClient:
         except requests.RequestException as error:
             if deadline.expired or isinstance(error, requests.Timeout):
                 raise _timeout(shown_url, timeout_s) from None
+            if _headers_too_large(error):
+                raise InvalidResponseBody(
+                    f"the response headers of {shown_url} exceed the limits of "
+                    "Python's http.client (100 lines of at most 64 KiB); send fewer "
+                    "or shorter headers",
+                    url=shown_url,
+                ) from None
             raise WebhookUnavailable(
                 f"connection to {shown_url} failed: {_reason(error)}", url=shown_url
             ) from None
 
         with response:
             status = response.status_code
+            header_bytes = sum(
+                len(name) + len(value) + 4 for name, value in response.headers.items()
+            )
+            if header_bytes > self.max_header_bytes:
+                raise InvalidResponseBody(
+                    f"the response headers of {shown_url} are {header_bytes} bytes, "
+                    f"more than the limit of {self.max_header_bytes}",
+                    url=shown_url,
+                    status=status,
+                )
             _check_status(response, shown_url)
             content = self._read_body(response, deadline, shown_url, timeout_s)
         return status, _parse_body(content, shown_url, status)
@@ -264,6 +309,22 @@ class WebhookClient:
         if deadline.expired:
             raise _timeout(shown_url, timeout_s)
         return b"".join(chunks)
+
+
+def _headers_too_large(error: BaseException) -> bool:
+    """Return True when http.client gave up on the response's header lines."""
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, http.client.LineTooLong):
+            return True
+        if isinstance(seen, http.client.HTTPException) and "headers" in str(seen):
+            return True
+        arguments = getattr(seen, "args", ())
+        nested = next((a for a in arguments if isinstance(a, BaseException)), None)
+        seen = nested or getattr(seen, "reason", None) or seen.__context__
+    return False
 
 
 def _elapsed_ms(started: float) -> int:
