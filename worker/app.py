@@ -53,7 +53,13 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,
     worker_consumer="worker.poison:DeadLetterConsumer",
-    broker_transport_options={"visibility_timeout": _settings.visibility_timeout_s},
+    broker_transport_options={
+        "visibility_timeout": _settings.visibility_timeout_s,
+        # Look for unacknowledged messages past the visibility timeout every
+        # 10 s; kombu 5.7's default looks only every tenth interval.
+        "unacked_restore_interval": 10,
+        "unacked_restore_throttle": 1,
+    },
     task_default_queue=_settings.queue,
     task_routes={TASK_NAME: {"queue": _settings.queue}},
     worker_pool=_settings.pool,

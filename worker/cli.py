@@ -46,8 +46,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         settings.log_level,
         *args.celery_args,
     ]
-    app.worker_main(argv)
-    return 0
+    # app.start, unlike app.worker_main, returns the worker's exit code, so a
+    # supervisor sees a failure as one.
+    code = app.start(argv)
+    return int(code or 0)
 
 
 def submit_job(job: Any, *, new_id: bool = False) -> str:

@@ -59,8 +59,17 @@ def describe_message(message: Any, body: Any = None) -> str:
         "headers": {key: headers.get(key) for key in _KEPT_HEADERS if key in headers},
         "body_bytes": len(raw),
     }
+    if body is None:
+        body = _lenient_json(raw)
     if body is not None:
         record["body"] = scrub_request_headers(body)
+    elif b"requestheaders" in raw.lower():
+        # Request-header values are secrets, and a body that does not parse
+        # cannot be scrubbed of them, so none of it is kept.
+        record["body_text"] = (
+            "(withheld: the body names RequestHeaders, whose values are secrets, "
+            "and is not JSON that could be scrubbed)"
+        )
     else:
         kept = raw[:MAX_KEPT_BODY_BYTES].decode("utf-8", errors="replace")
         record["body_text"] = kept
@@ -69,9 +78,17 @@ def describe_message(message: Any, body: Any = None) -> str:
         text = jsontext.dumps(record)
     except (TypeError, ValueError):
         record.pop("body", None)
-        record["body_text"] = repr(body)[:MAX_KEPT_BODY_BYTES]
+        record["body_text"] = "(withheld: the body could not be encoded as JSON)"
         text = jsontext.dumps(record)
     return redact(text)
+
+
+def _lenient_json(raw: bytes) -> Any:
+    """Parse ``raw`` with Python's json module, which accepts NaN; None on failure."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        return None
 
 
 def salvage_job(message: Any, body: Any) -> Any:
@@ -83,11 +100,9 @@ def salvage_job(message: Any, body: Any) -> Any:
     candidate = body
     if candidate is None:
         raw = message.body
-        try:
-            text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-            candidate = json.loads(text)
-        except (ValueError, RecursionError, UnicodeDecodeError):
-            return None
+        candidate = _lenient_json(
+            raw if isinstance(raw, bytes) else str(raw).encode("utf-8", "replace")
+        )
     if isinstance(candidate, list | tuple) and candidate:
         arguments = candidate[0]
         if isinstance(arguments, list | tuple) and arguments:
@@ -143,6 +158,13 @@ class DeadLetterConsumer(Consumer):  # type: ignore[misc]
         def guarded(message: Any) -> Any:
             try:
                 return handle(message)
+            except (KeyError, TypeError, ValueError) as error:
+                # Celery reads the body's parts without checking its shape.
+                reason = (
+                    "the task message body is not [args, kwargs, embed] "
+                    f"({type(error).__name__}: {error})"
+                )
+                return self._drop("invalid_task", reason, message, None)
             except Exception as error:
                 reason = (
                     f"the worker could not accept the message "

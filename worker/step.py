@@ -60,6 +60,8 @@ RETRY_DELAYS_S = (1.0, 5.0, 15.0)
 MAX_RETRY_DELAY_S = 60.0
 MAX_ATTEMPTS = len(RETRY_DELAYS_S) + 1
 LEASE_MARGIN_S = 5.0
+# Longest wait before a copy of a job whose lease is held looks again.
+LEASE_RECHECK_S = 2.0
 # Internal keyword arguments that only the worker's own messages carry.
 PROGRESS_KEY = "_progress"
 
@@ -73,9 +75,12 @@ class Progress:
     first_attempt_ms: int | None = None
     last_status: int | None = None
     notes: tuple[str, ...] = ()
+    # Messages this job was published as before: each reschedule is a new one.
+    reschedules: int = 0
 
     def to_message(self) -> dict[str, Any]:
         return {
+            "reschedules": self.reschedules,
             "attempts": self.attempts,
             "delayed": self.delayed,
             "first_attempt_ms": self.first_attempt_ms,
@@ -91,6 +96,7 @@ class Progress:
         first = value.get("first_attempt_ms")
         status = value.get("last_status")
         return cls(
+            reschedules=int(value.get("reschedules") or 0),
             attempts=int(value.get("attempts") or 0),
             delayed=bool(value.get("delayed")),
             first_attempt_ms=int(first) if first is not None else None,
@@ -191,7 +197,9 @@ class StepRunner:
             )
 
         if self.store is not None:
-            deliveries = self.store.count_delivery(job_id, progress.attempts)
+            deliveries = self.store.count_delivery(
+                job_id, f"{progress.attempts}:{progress.reschedules}"
+            )
             if deliveries > self.max_deliveries:
                 reason = (
                     f"the job was delivered {deliveries - 1} times without finishing, "
@@ -210,7 +218,9 @@ class StepRunner:
             )
 
         try:
-            return self._run_job(job, identity, job_fingerprint, progress, started_ms)
+            outcome = self._run_job(
+                job, identity, job_fingerprint, progress, started_ms
+            )
         except redis.RedisError:
             raise
         except Exception as error:
@@ -220,6 +230,13 @@ class StepRunner:
                 job.secret_values(),
             )
             return self._finish_invalid(identity, job_fingerprint, reason, started_ms)
+        if isinstance(outcome, Reschedule):
+            # The next message is a new one, with its own delivery count.
+            next_progress = replace(
+                outcome.progress, reschedules=outcome.progress.reschedules + 1
+            )
+            return replace(outcome, progress=next_progress)
+        return outcome
 
     def _run_job(
         self,
@@ -265,11 +282,18 @@ class StepRunner:
             held_ms = self.store.acquire_lease(job.job_id, lease_token, lease_ttl_ms)
             if held_ms:
                 log.info("job.lease_held", retry_in_ms=held_ms)
+                # The holder usually finishes long before its lease expires.
                 return Reschedule(
-                    held_ms / 1000 + 0.1,
+                    min(held_ms / 1000, LEASE_RECHECK_S) + 0.1,
                     progress,
                     "another delivery is calling the webhook",
                 )
+            # Another copy may have published between the first look and
+            # the lease; with the lease held, a second look is final.
+            existing = self._existing_result(job.job_id, job_fingerprint)
+            if existing is not None:
+                self.store.release_lease(job.job_id, lease_token)
+                return existing
 
         attempt = progress.attempts + 1
         first_attempt_ms = progress.first_attempt_ms or _now_ms()

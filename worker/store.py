@@ -92,9 +92,9 @@ class ResultStore:
     def release_lease(self, job_id: str, token: str) -> None:
         self._release(keys=[self._key("lease", job_id)], args=[token])
 
-    def count_delivery(self, job_id: str, attempt: int) -> int:
-        """Count one more delivery of this attempt of the job; return the count."""
-        key = self._key("deliveries", f"{job_id}:{attempt}")
+    def count_delivery(self, job_id: str, message: str) -> int:
+        """Count one more delivery of one message of the job; return the count."""
+        key = self._key("deliveries", f"{job_id}:{message}")
         pipe = self.client.pipeline()
         pipe.incr(key)
         pipe.pexpire(key, self.result_ttl_ms)

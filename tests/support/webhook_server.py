@@ -7,6 +7,9 @@ test can build a slow or dripping server without any mock.
 
 from __future__ import annotations
 
+import socket
+import ssl
+import struct
 import sys
 import threading
 import time
@@ -50,6 +53,9 @@ class Reply:
     # ``pieces`` are the whole response, status line and headers included, and
     # the connection closes after them. ``status`` and ``headers`` are unused.
     raw: bool = False
+    # After the pieces, close the connection with a TCP reset (SO_LINGER 0)
+    # instead of a normal close. Used with ``raw`` to cut a body short.
+    reset: bool = False
 
     @classmethod
     def json(cls, text: str, status: int = 200, **kwargs: object) -> Reply:
@@ -71,9 +77,12 @@ class _QuietHTTPServer(ThreadingHTTPServer):
 
 
 class WebhookServer:
-    """A ThreadingHTTPServer on 127.0.0.1 and a free port; ``url(path)`` builds URLs."""
+    """A ThreadingHTTPServer on 127.0.0.1 and a free port; ``url(path)`` builds URLs.
 
-    def __init__(self) -> None:
+    With ``ssl_context`` the server speaks HTTPS, and ``url`` returns https URLs.
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.routes: dict[str, Handler] = {}
         self.requests: list[Request] = []
         self._lock = threading.Lock()
@@ -109,6 +118,8 @@ class WebhookServer:
                 total = sum(len(piece) for piece in pieces)
                 if reply.raw:
                     self._send_raw(pieces, reply.pause_s)
+                    if reply.reset:
+                        self._reset()
                     return
                 try:
                     self.send_response(reply.status)
@@ -140,12 +151,27 @@ class WebhookServer:
                 except (BrokenPipeError, ConnectionResetError):
                     return
 
+            def _reset(self) -> None:
+                # With SO_LINGER on and a zero timeout, close() sends RST at once.
+                linger = struct.pack("ii", 1, 0)
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                self.rfile.close()
+                self.connection.close()
+
             do_POST = _handle
             do_GET = _handle
             do_PUT = _handle
 
         self._server = _QuietHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
+        self.scheme = "http"
+        if ssl_context is not None:
+            # The handshake runs in accept(); a failed one is an OSError, which
+            # the server ignores before it handles the next connection.
+            self._server.socket = ssl_context.wrap_socket(
+                self._server.socket, server_side=True
+            )
+            self.scheme = "https"
         self.port = int(self._server.server_address[1])
         # A short poll interval makes stop() return in about 0.05 s instead of 0.5 s.
         self._thread = threading.Thread(
@@ -155,7 +181,7 @@ class WebhookServer:
         )
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def route(self, path: str, handler: Handler) -> None:
         with self._lock:
@@ -174,8 +200,10 @@ class WebhookServer:
 
 
 @contextmanager
-def running_server() -> Iterator[WebhookServer]:
-    server = WebhookServer()
+def running_server(
+    ssl_context: ssl.SSLContext | None = None,
+) -> Iterator[WebhookServer]:
+    server = WebhookServer(ssl_context)
     server.start()
     try:
         yield server

@@ -146,6 +146,25 @@ class WorkerProcess:
                 process.wait(timeout=10)
         return process.returncode
 
+    def kill(
+        self, sig: int = signal.SIGKILL, wait_timeout_s: float = 15.0
+    ) -> int | None:
+        """Send ``sig`` and return the exit code once the process has ended.
+
+        SIGKILL follows when the process still runs after ``wait_timeout_s``.
+        """
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout=wait_timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        return process.returncode
+
     def log_text(self) -> str:
         """Return everything the worker wrote to stdout and stderr so far."""
         if not self.log_path.exists():
@@ -349,6 +368,65 @@ def publish_task_message(
             retry=False,
         )
     return task_id
+
+
+def task_message_text(queue: str, args_json: str) -> tuple[str, str]:
+    """Return the task id and the kombu Redis envelope of one task message.
+
+    The envelope is what kombu's Redis transport stores in the queue list, so
+    ``LPUSH <queue> <envelope>`` enqueues the task without a kombu producer.
+    ``args_json`` is the JSON text of the argument list, used unchanged.
+    """
+    task_id = str(uuid.uuid4())
+    embed = '{"callbacks":null,"errbacks":null,"chain":null,"chord":null}'
+    body = f"[{args_json},{{}},{embed}]"
+    envelope = {
+        "body": base64.b64encode(body.encode("utf-8")).decode("ascii"),
+        "content-type": "application/json",
+        "content-encoding": "utf-8",
+        "headers": {
+            "lang": "py",
+            "task": TASK_NAME,
+            "id": task_id,
+            "root_id": task_id,
+            "parent_id": None,
+            "group": None,
+            "retries": 0,
+            "eta": None,
+            "expires": None,
+            "timelimit": [None, None],
+            "argsrepr": "(sent by the bulk producer)",
+            "kwargsrepr": "{}",
+            "origin": "bulk-producer",
+        },
+        "properties": {
+            "correlation_id": task_id,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return task_id, json.dumps(envelope)
+
+
+def push_task_messages(
+    client: redis.Redis, queue: str, args_jsons: Sequence[str]
+) -> list[str]:
+    """Enqueue one task message per argument list in one pipeline; return task ids.
+
+    The messages are consumed in the order given, because kombu's Redis
+    transport pops from the other end of the list.
+    """
+    task_ids = []
+    pipe = client.pipeline(transaction=False)
+    for args_json in args_jsons:
+        task_id, text = task_message_text(queue, args_json)
+        task_ids.append(task_id)
+        pipe.lpush(queue, text)
+    pipe.execute()
+    return task_ids
 
 
 @dataclass(frozen=True)
