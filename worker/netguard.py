@@ -43,6 +43,13 @@ class AddressNotAllowed(Exception):
 _NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+# IPv4-translated addresses (SIIT, RFC 2765): ::ffff:0:a.b.c.d.
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+# Ranges Python 3.11's is_global misses: retired site-local and RFC 9637 documentation.
+_NOT_GLOBAL_V6 = (
+    ipaddress.IPv6Network("fec0::/10"),
+    ipaddress.IPv6Network("3fff::/20"),
+)
 
 
 def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
@@ -53,7 +60,9 @@ def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
         return address.ipv4_mapped
     if address.sixtofour is not None:
         return address.sixtofour
-    if address in _NAT64_WELL_KNOWN or address in _IPV4_COMPATIBLE:
+    # :: and ::1 lie in ::/96 but are IPv6's own unspecified and loopback.
+    compatible = address in _IPV4_COMPATIBLE and int(address) > 1
+    if compatible or address in _NAT64_WELL_KNOWN or address in _IPV4_TRANSLATED:
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return None
 
@@ -64,12 +73,14 @@ def is_public(address: IPAddress) -> bool:
     An IPv6 address that carries an IPv4 address is judged by that IPv4
     address, because a NAT64 or 6to4 gateway would deliver it there.
     """
-    if isinstance(address, ipaddress.IPv6Address) and address in _NAT64_LOCAL:
+    if isinstance(address, ipaddress.IPv6Address) and (
+        address in _NAT64_LOCAL or any(address in net for net in _NOT_GLOBAL_V6)
+    ):
         return False
     inner = embedded_ipv4(address)
     if inner is not None:
         address = inner
-    return address.is_global and not address.is_multicast
+    return address.is_global and not address.is_multicast and not address.is_reserved
 
 
 @dataclass(frozen=True)
@@ -85,14 +96,19 @@ class AddressPolicy:
     allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     allowed_hosts: frozenset[str] = frozenset()
 
+    def __post_init__(self) -> None:
+        hosts = frozenset(host.lower().rstrip(".") for host in self.allowed_hosts)
+        object.__setattr__(self, "allowed_hosts", hosts)
+
     def allows(self, host: str, address: IPAddress) -> bool:
         if self.allow_private_networks or is_public(address):
             return True
         if host.lower().rstrip(".") in self.allowed_hosts:
             return True
-        checked = embedded_ipv4(address) or address
+        candidates = {address, embedded_ipv4(address) or address}
         return any(
-            checked.version == network.version and checked in network
+            candidate.version == network.version and candidate in network
+            for candidate in candidates
             for network in self.allowed_networks
         )
 

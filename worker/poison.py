@@ -9,6 +9,7 @@ Messages that decode but carry a bad job are handled by ``StepRunner``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -26,8 +27,6 @@ from worker.store import ResultStore
 
 log = structlog.get_logger(__name__)
 
-# Bytes of a rejected message's body kept in its dead-letter entry.
-MAX_KEPT_BODY_BYTES = 64 * 1024
 # Message headers copied to the dead-letter entry; others may hold anything.
 _KEPT_HEADERS = ("task", "id", "root_id", "retries", "argsrepr", "origin")
 
@@ -63,17 +62,11 @@ def describe_message(message: Any, body: Any = None) -> str:
         body = _lenient_json(raw)
     if body is not None:
         record["body"] = scrub_request_headers(body)
-    elif b"requestheaders" in raw.lower():
-        # Request-header values are secrets, and a body that does not parse
-        # cannot be scrubbed of them, so none of it is kept.
-        record["body_text"] = (
-            "(withheld: the body names RequestHeaders, whose values are secrets, "
-            "and is not JSON that could be scrubbed)"
-        )
     else:
-        kept = raw[:MAX_KEPT_BODY_BYTES].decode("utf-8", errors="replace")
-        record["body_text"] = kept
-        record["body_truncated"] = len(raw) > MAX_KEPT_BODY_BYTES
+        # A body that does not parse cannot be scrubbed of request-header
+        # secrets, so only its hash is kept, to match it with the producer's copy.
+        record["body_text"] = "(withheld: not JSON, so its secrets cannot be hidden)"
+        record["body_sha256"] = hashlib.sha256(raw).hexdigest()
     try:
         text = jsontext.dumps(record)
     except (TypeError, ValueError):

@@ -34,7 +34,7 @@ def secret_key(secret: str) -> bytes:
         return secret.encode("utf-8")
     try:
         return base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):
         raise ConfigError(
             "SigningSecret starts with whsec_ but the rest is not base64; "
             "give the secret exactly as the receiver generated it"

@@ -92,6 +92,15 @@ class Progress:
     def from_message(cls, value: Any) -> Progress:
         if not isinstance(value, Mapping):
             return cls()
+        try:
+            return cls._parse(value)
+        except (TypeError, ValueError, OverflowError):
+            # Only the worker writes this argument; a malformed one starts over.
+            log.warning("job.progress_invalid", detail="ignored the _progress argument")
+            return cls()
+
+    @classmethod
+    def _parse(cls, value: Mapping[str, Any]) -> Progress:
         notes = value.get("notes")
         first = value.get("first_attempt_ms")
         status = value.get("last_status")

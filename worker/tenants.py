@@ -424,8 +424,12 @@ def parse_tenant_file(
         raise ConfigError(
             f"{path}: cannot read ({error.strerror})", path=str(path)
         ) from error
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid JSON: {error}", path=str(path)) from error
+    except RecursionError:
+        raise ConfigError(
+            f"{path}: not valid JSON: nested too deeply", path=str(path)
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError(
             f"{path}: the top level must be an object with a Connectors list",

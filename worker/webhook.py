@@ -90,6 +90,22 @@ class _NoRedirectSession(requests.Session):
         return None
 
 
+class _GuardedAdapter(HTTPAdapter):
+    """An adapter whose proxy connections also obey the call's deadline.
+
+    requests builds a separate pool manager per proxy, which would use plain
+    urllib3 connections. The proxy itself is a trusted setting, so its address
+    is not checked; the webhook's address is checked before the request.
+    """
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = pool_classes(
+            AddressPolicy(allow_private_networks=True)
+        )
+        return manager
+
+
 class WebhookClient:
     """POSTs to webhooks over one keep-alive session per connector. Thread-safe."""
 
@@ -127,7 +143,7 @@ class WebhookClient:
         session.cookies.set_policy(
             http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
         )
-        adapter = HTTPAdapter(
+        adapter = _GuardedAdapter(
             pool_connections=4, pool_maxsize=self.pool_size, max_retries=0
         )
         adapter.poolmanager.pool_classes_by_scheme = pool_classes(self.policy)
@@ -323,7 +339,10 @@ def _headers_too_large(error: BaseException) -> bool:
             return True
         arguments = getattr(seen, "args", ())
         nested = next((a for a in arguments if isinstance(a, BaseException)), None)
-        seen = nested or getattr(seen, "reason", None) or seen.__context__
+        reason = getattr(seen, "reason", None)
+        if nested is None and isinstance(reason, BaseException):
+            nested = reason
+        seen = nested or seen.__context__
     return False
 
 
