@@ -8,7 +8,7 @@ from typing import Any
 import structlog
 from celery import Celery, signals
 
-from worker import jsontext
+from worker import jsontext, metrics
 from worker.celery_output import install_log_filters
 from worker.health import HealthBeat
 from worker.logs import configure_logging
@@ -90,9 +90,24 @@ def _check_before_start(**_kwargs: Any) -> None:
             log.error("worker.config_invalid", error=problem)
         log.error("worker.not_started", reason="fix the settings above and start again")
         sys.exit(2)
+    if _settings.metrics_port:
+        # This runs before the prefork pool forks, so its processes write
+        # their metrics to files that the main process reads.
+        metrics.prepare_multiprocess(_settings.metrics_dir)
     log.info(
         "worker.ready",
         queue=_settings.queue,
         config_dir=str(_settings.config_dir),
         result_stream=_settings.result_stream,
     )
+
+
+@signals.worker_ready.connect
+def _start_metrics_server(**_kwargs: Any) -> None:
+    # worker_ready is sent in the main process only, never in pool processes.
+    metrics.start_metrics_server(_settings)
+
+
+@signals.worker_shutdown.connect
+def _stop_metrics_server(**_kwargs: Any) -> None:
+    metrics.stop_metrics_server()

@@ -165,6 +165,31 @@ class WorkerSettings(BaseSettings):
     http_pool_size: int = Field(
         32, ge=1, description="Keep-alive connections kept per connector."
     )
+    metrics_port: int = Field(
+        9808,
+        ge=0,
+        le=65535,
+        description=(
+            "TCP port of the Prometheus metrics endpoint (/metrics) that the "
+            "worker's main process serves; 0 turns the endpoint off."
+        ),
+    )
+    metrics_host: str = Field(
+        "0.0.0.0",
+        description=(
+            "Address the metrics endpoint binds to, for example 127.0.0.1 to keep "
+            "it on this host."
+        ),
+    )
+    metrics_dir: Path | None = Field(
+        None,
+        description=(
+            "Folder for the metric files that pool processes share "
+            "(prometheus_client's multiprocess mode). The worker deletes the *.db "
+            "files in it at start, so give each worker its own. Default: a new "
+            "temporary folder per start."
+        ),
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto",
         description="json, console, or auto (console on a terminal, else json).",

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import redis
 
+from worker import metrics
+
 # Publish a result only when no result exists for the JobId, in one atomic step:
 # the done marker and the stream entry are written together or not at all.
 _PUBLISH_SCRIPT = """
@@ -114,6 +116,7 @@ class ResultStore:
         )
         pipe.hincrby(self.rejections_key, kind, 1)
         pipe.execute()
+        metrics.record_dead_letter(kind)
 
     @property
     def rejections_key(self) -> str:

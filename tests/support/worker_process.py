@@ -256,6 +256,9 @@ def worker_environment(
             f"{ENV_PREFIX}ALLOW_PRIVATE_NETWORKS": "true",
             f"{ENV_PREFIX}LOG_FORMAT": "json",
             f"{ENV_PREFIX}LOG_LEVEL": "INFO",
+            # No metrics endpoint unless a test requests one, because the default
+            # port 9808 would clash between the workers of one test run.
+            f"{ENV_PREFIX}METRICS_PORT": "0",
             "PYTHONUNBUFFERED": "1",
         }
     )

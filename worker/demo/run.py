@@ -76,6 +76,9 @@ def _demo_environment(config_dir: Path, credentials: Any) -> dict[str, str]:
             "WEBHOOK_WORKER_ALLOW_PRIVATE_NETWORKS": "true",
             "WEBHOOK_WORKER_LOG_FORMAT": "json",
             "WEBHOOK_WORKER_CONCURRENCY": "4",
+            # The demo worker opens no metrics port, so it cannot clash with a
+            # real worker on this host.
+            "WEBHOOK_WORKER_METRICS_PORT": "0",
             "ACME_FRAUD_TOKEN": credentials.bearer_token,
             "ACME_ERP_PASSWORD": credentials.basic_password,
             "ACME_STOCK_KEY": credentials.stock_key,
