@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
-from worker import __version__
-from worker.job import Job
+from worker import __version__, jsontext
+from worker.job import Job, is_request_header_group
 from worker.selection import select_connector
 from worker.tenants import DEFAULT_TIMEOUT, ConnectorSettings, TenantStore
 
@@ -113,3 +114,34 @@ def request_headers(job: Job, endpoint: Endpoint) -> dict[str, str]:
 
     headers.update(job.request_headers)
     return headers
+
+
+def request_body(job: Job, endpoint: Endpoint) -> bytes:
+    """Return the bytes POSTed: the order, or an envelope with the workflow step.
+
+    The envelope's step leaves out RequestHeaders properties, whose values
+    are secrets that belong in headers only.
+    """
+    connector = endpoint.connector
+    if connector is None or connector.request_format == "Order":
+        return jsontext.dumps(job.order).encode("utf-8")
+    step = job.step.model_dump(by_alias=True, exclude_none=True)
+    step["Properties"] = [
+        item
+        for item in step.get("Properties", [])
+        if not is_request_header_group(item.get("KeyGroup"))
+    ]
+    envelope = {"Value": job.order, "WorkflowStep": step}
+    return jsontext.dumps(envelope).encode("utf-8")
+
+
+def response_update(body: Any, endpoint: Endpoint) -> Any:
+    """Return the order update in a response: unwrapped from ``Value`` for envelopes."""
+    connector = endpoint.connector
+    if connector is None or connector.request_format == "Order":
+        return body
+    if isinstance(body, dict) and len(body) == 1:
+        key = next(iter(body))
+        if key.lower() == "value" and isinstance(body[key], dict | type(None)):
+            return body[key]
+    return body

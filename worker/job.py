@@ -49,6 +49,20 @@ class StepModel(_JobModel):
     error_status: str | None = Field(None, alias="ErrorStatus")
     translate_key: str | None = Field(None, alias="TranslateKey")
     properties: list[StepProperty] = Field(default_factory=list, alias="Properties")
+    enabled_for_markets: list[str] = Field(
+        default_factory=list, alias="EnabledForMarkets"
+    )
+    disabled_for_markets: list[str] = Field(
+        default_factory=list, alias="DisabledForMarkets"
+    )
+    enabled_for_stores: list[str] = Field(
+        default_factory=list, alias="EnabledForStores"
+    )
+    disabled_for_stores: list[str] = Field(
+        default_factory=list, alias="DisabledForStores"
+    )
+    enabled_for_tags: list[str] = Field(default_factory=list, alias="EnabledForTags")
+    disabled_for_tags: list[str] = Field(default_factory=list, alias="DisabledForTags")
 
 
 class JobModel(_JobModel):

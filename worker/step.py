@@ -18,8 +18,14 @@ from typing import Any
 import redis
 import structlog
 
-from worker import jsontext, secrets
-from worker.endpoint import Endpoint, request_headers, resolve_endpoint
+from worker import jsontext, metrics, secrets
+from worker.endpoint import (
+    Endpoint,
+    request_body,
+    request_headers,
+    resolve_endpoint,
+    response_update,
+)
 from worker.errors import (
     ConfigError,
     InvalidResponseBody,
@@ -27,6 +33,7 @@ from worker.errors import (
     NoEndpoint,
     WebhookError,
 )
+from worker.filters import skip_reason
 from worker.job import (
     Job,
     parse_job,
@@ -255,6 +262,20 @@ class StepRunner:
         progress: Progress,
         started_ms: int,
     ) -> Outcome:
+        skipped = skip_reason(job.step, job.order)
+        if skipped is not None:
+            log.info("job.skipped", reason=skipped)
+            result = StepResult(
+                identity=identity,
+                action_status=ActionStatus.SUCCESS,
+                cancel_workflow=False,
+                order=job.order,
+                messages=[f"not sent: {skipped}"],
+                duration_ms=_now_ms() - started_ms,
+                completed_at=utc_timestamp(),
+            )
+            return self._publish(job.job_id, result, job_fingerprint)
+
         if job.needs_delay and not progress.delayed:
             return Reschedule(
                 SAVE_DELAY_S,
@@ -309,7 +330,11 @@ class StepRunner:
         # The lease is held until the result is published or the retry decided,
         # so a copy of the job that arrives meanwhile finds one or the other.
         try:
+            attempt_started = time.monotonic()
             outcome = self._attempt(job, endpoint, attempt)
+            metrics.record_attempt(
+                endpoint.connector, outcome, time.monotonic() - attempt_started
+            )
             progress = replace(
                 progress, attempts=attempt, first_attempt_ms=first_attempt_ms
             )
@@ -326,7 +351,7 @@ class StepRunner:
 
     def _attempt(self, job: Job, endpoint: Endpoint, attempt: int) -> Any:
         """Call the webhook once; return the response or the WebhookError it raised."""
-        body = jsontext.dumps(job.order).encode("utf-8")
+        body = request_body(job, endpoint)
         headers = request_headers(job, endpoint)
         connector = endpoint.connector
         if connector is not None and connector.signing_secret:
@@ -346,7 +371,7 @@ class StepRunner:
         try:
             return response, apply_response(
                 job.order,
-                response.body,
+                response_update(response.body, endpoint),
                 keep_list_items=endpoint.keep_existing_list_items,
                 keep_custom_properties=endpoint.keep_existing_custom_properties,
             )
@@ -422,6 +447,7 @@ class StepRunner:
                     delay_s=delay_s,
                     reason=reason,
                 )
+                metrics.record_retry(endpoint.connector)
                 return Reschedule(
                     delay_s, replace(progress, notes=(*progress.notes, note)), reason
                 )
@@ -518,6 +544,8 @@ class StepRunner:
             published, result_json = self.store.publish(
                 job_id, result_json, job_fingerprint
             )
+        if published:
+            metrics.record_result(str(result.action_status))
         log.info(
             "job.finished",
             action_status=str(result.action_status),

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import structlog
@@ -164,6 +164,7 @@ class ConnectorSettings(CaseInsensitiveModel):
         True, alias="KeepExistingCustomProperties"
     )
     signing_secret: str | None = Field(None, alias="SigningSecret", repr=False)
+    request_format: Literal["Order", "Envelope"] = Field("Order", alias="RequestFormat")
 
     @field_validator("signing_secret")
     @classmethod
