@@ -1,0 +1,1 @@
+"""Throughput, latency and cost benchmark of the worker; see docs/benchmarks.md."""
