@@ -8,6 +8,7 @@ latter into a countdown. Nothing here sleeps.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import time
 import uuid
@@ -49,7 +50,7 @@ from worker.results import (
     utc_timestamp,
 )
 from worker.signing import secret_key, signature_headers
-from worker.store import ResultStore
+from worker.store import ResultStore, StoredResult
 from worker.tenants import TenantStore
 from worker.updates import (
     InvalidUpdate,
@@ -69,6 +70,10 @@ MAX_ATTEMPTS = len(RETRY_DELAYS_S) + 1
 LEASE_MARGIN_S = 5.0
 # Longest wait before a copy of a job whose lease is held looks again.
 LEASE_RECHECK_S = 2.0
+# Token of the call lease this thread holds; publishing releases it.
+_lease_in_use: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "lease_in_use", default=""
+)
 # Internal keyword arguments that only the worker's own messages carry.
 PROGRESS_KEY = "_progress"
 
@@ -191,9 +196,15 @@ class StepRunner:
         job_text = jsontext.dumps(raw, sort_keys=True)
         job_fingerprint = hashlib.sha256(job_text.encode("utf-8")).hexdigest()
 
-        existing = self._existing_result(job_id, job_fingerprint)
-        if existing is not None:
-            return existing
+        # One round trip: the stored result, or else this delivery's count.
+        deliveries = 0
+        if self.store is not None:
+            begun = self.store.begin_delivery(
+                job_id, f"{progress.attempts}:{progress.reschedules}"
+            )
+            if isinstance(begun, StoredResult):
+                return self._stored_result(begun, job_fingerprint)
+            deliveries = begun
 
         problem = _argument_problem(args, kwargs)
         if problem is not None:
@@ -212,19 +223,13 @@ class StepRunner:
                 replace(identity, order=None), job_fingerprint, reason, started_ms
             )
 
-        if self.store is not None:
-            deliveries = self.store.count_delivery(
-                job_id, f"{progress.attempts}:{progress.reschedules}"
+        if deliveries > self.max_deliveries:
+            reason = (
+                f"the job was delivered {deliveries - 1} times without finishing, "
+                "so it may crash the worker; it ends here without another call"
             )
-            if deliveries > self.max_deliveries:
-                reason = (
-                    f"the job was delivered {deliveries - 1} times without finishing, "
-                    "so it may crash the worker; it ends here without another call"
-                )
-                log.error("job.too_many_deliveries", deliveries=deliveries - 1)
-                return self._finish_invalid(
-                    identity, job_fingerprint, reason, started_ms
-                )
+            log.error("job.too_many_deliveries", deliveries=deliveries - 1)
+            return self._finish_invalid(identity, job_fingerprint, reason, started_ms)
 
         try:
             job = parse_job(raw)
@@ -310,6 +315,9 @@ class StepRunner:
         if self.store is not None:
             lease_ttl_ms = int((endpoint.timeout_s + LEASE_MARGIN_S) * 1000)
             held_ms = self.store.acquire_lease(job.job_id, lease_token, lease_ttl_ms)
+            if isinstance(held_ms, StoredResult):
+                # Another copy published between the first look and the lease.
+                return self._stored_result(held_ms, job_fingerprint)
             if held_ms:
                 log.info("job.lease_held", retry_in_ms=held_ms)
                 # The holder usually finishes long before its lease expires.
@@ -318,17 +326,13 @@ class StepRunner:
                     progress,
                     "another delivery is calling the webhook",
                 )
-            # Another copy may have published between the first look and
-            # the lease; with the lease held, a second look is final.
-            existing = self._existing_result(job.job_id, job_fingerprint)
-            if existing is not None:
-                self.store.release_lease(job.job_id, lease_token)
-                return existing
 
         attempt = progress.attempts + 1
         first_attempt_ms = progress.first_attempt_ms or _now_ms()
         # The lease is held until the result is published or the retry decided,
         # so a copy of the job that arrives meanwhile finds one or the other.
+        # Publishing releases it in the same Redis step.
+        lease_scope = _lease_in_use.set(lease_token if self.store else "")
         try:
             attempt_started = time.monotonic()
             outcome = self._attempt(job, endpoint, attempt)
@@ -346,7 +350,9 @@ class StepRunner:
                 job, identity, job_fingerprint, endpoint, progress, outcome
             )
         finally:
-            if self.store is not None:
+            still_held = _lease_in_use.get()
+            _lease_in_use.reset(lease_scope)
+            if self.store is not None and still_held:
                 self.store.release_lease(job.job_id, lease_token)
 
     def _attempt(self, job: Job, endpoint: Endpoint, attempt: int) -> Any:
@@ -502,6 +508,9 @@ class StepRunner:
         stored = self.store.find_result(job_id)
         if stored is None:
             return None
+        return self._stored_result(stored, job_fingerprint)
+
+    def _stored_result(self, stored: StoredResult, job_fingerprint: str) -> Finished:
         if stored.fingerprint != job_fingerprint:
             log.warning(
                 "job.conflict",
@@ -541,9 +550,12 @@ class StepRunner:
         result_json = redact(result.to_json(), job_secrets)
         published = True
         if self.store is not None:
+            lease_token = _lease_in_use.get()
             published, result_json = self.store.publish(
-                job_id, result_json, job_fingerprint
+                job_id, result_json, job_fingerprint, lease_token
             )
+            if lease_token:
+                _lease_in_use.set("")
         if published:
             metrics.record_result(str(result.action_status))
         log.info(

@@ -9,8 +9,12 @@ import redis
 from worker import metrics
 
 # Publish a result only when no result exists for the JobId, in one atomic step:
-# the done marker and the stream entry are written together or not at all.
+# the done marker and the stream entry are written together or not at all. The
+# same step releases the call lease (KEYS[3]) when ARGV[6] is its token.
 _PUBLISH_SCRIPT = """
+if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) == ARGV[6] then
+  redis.call('DEL', KEYS[3])
+end
 local existing = redis.call('HGET', KEYS[1], 'result')
 if existing then
   return {0, existing}
@@ -20,6 +24,32 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
            'result', ARGV[1], 'job_id', ARGV[5])
 return {1, ARGV[1]}
+"""
+
+# Start a delivery: return the stored result if there is one, else count the
+# delivery of this message. One round trip in place of two.
+_BEGIN_SCRIPT = """
+local stored = redis.call('HMGET', KEYS[1], 'result', 'fingerprint')
+if stored[1] then
+  return {0, stored[1], stored[2] or ''}
+end
+local count = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return {1, count}
+"""
+
+# Take the call lease; with the lease held, look for a result once more, since
+# another copy may have published since the delivery began.
+_LEASE_SCRIPT = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local stored = redis.call('HMGET', KEYS[2], 'result', 'fingerprint')
+  if stored[1] then
+    redis.call('DEL', KEYS[1])
+    return {2, stored[1], stored[2] or ''}
+  end
+  return {0}
+end
+return {1, redis.call('PTTL', KEYS[1])}
 """
 
 _RELEASE_SCRIPT = """
@@ -57,6 +87,8 @@ class ResultStore:
         self.stream_maxlen = stream_maxlen
         self._publish = client.register_script(_PUBLISH_SCRIPT)
         self._release = client.register_script(_RELEASE_SCRIPT)
+        self._begin = client.register_script(_BEGIN_SCRIPT)
+        self._lease = client.register_script(_LEASE_SCRIPT)
 
     def _key(self, kind: str, job_id: str) -> str:
         return f"{self.key_prefix}:{kind}:{job_id}"
@@ -68,40 +100,64 @@ class ResultStore:
         return StoredResult(_text(values[0]), _text(values[1] or b""))
 
     def publish(
-        self, job_id: str, result_json: str, fingerprint: str
+        self, job_id: str, result_json: str, fingerprint: str, lease_token: str = ""
     ) -> tuple[bool, str]:
-        """Publish unless a result exists; return (published, the standing result)."""
+        """Publish unless a result exists; return (published, the standing result).
+
+        A ``lease_token`` releases the call lease in the same step.
+        """
         created, standing = self._publish(
-            keys=[self._key("done", job_id), self.result_stream],
+            keys=[
+                self._key("done", job_id),
+                self.result_stream,
+                self._key("lease", job_id),
+            ],
             args=[
                 result_json,
                 fingerprint,
                 self.result_ttl_ms,
                 self.stream_maxlen,
                 job_id,
+                lease_token,
             ],
         )
         return bool(created), _text(standing)
 
-    def acquire_lease(self, job_id: str, token: str, ttl_ms: int) -> int:
-        """Take the lease; return 0, or the milliseconds left on the held lease."""
-        key = self._key("lease", job_id)
-        if self.client.set(key, token, nx=True, px=ttl_ms):
-            return 0
-        remaining = int(self.client.pttl(key))
-        return max(remaining, 1)
+    def begin_delivery(self, job_id: str, message: str) -> StoredResult | int:
+        """Return the stored result, or else count this delivery and return the count.
+
+        ``message`` names the task message, so redeliveries of one message share
+        a count and a reschedule starts a new one.
+        """
+        reply = self._begin(
+            keys=[
+                self._key("done", job_id),
+                self._key("deliveries", f"{job_id}:{message}"),
+            ],
+            args=[self.result_ttl_ms],
+        )
+        if int(reply[0]) == 0:
+            return StoredResult(_text(reply[1]), _text(reply[2]))
+        return int(reply[1])
+
+    def acquire_lease(self, job_id: str, token: str, ttl_ms: int) -> StoredResult | int:
+        """Take the lease; return 0, the ms left on another's lease, or the result.
+
+        A result found after taking the lease means another copy finished in the
+        meantime; the lease is then released again.
+        """
+        reply = self._lease(
+            keys=[self._key("lease", job_id), self._key("done", job_id)],
+            args=[token, ttl_ms],
+        )
+        if int(reply[0]) == 2:
+            return StoredResult(_text(reply[1]), _text(reply[2]))
+        if int(reply[0]) == 1:
+            return max(int(reply[1]), 1)
+        return 0
 
     def release_lease(self, job_id: str, token: str) -> None:
         self._release(keys=[self._key("lease", job_id)], args=[token])
-
-    def count_delivery(self, job_id: str, message: str) -> int:
-        """Count one more delivery of one message of the job; return the count."""
-        key = self._key("deliveries", f"{job_id}:{message}")
-        pipe = self.client.pipeline()
-        pipe.incr(key)
-        pipe.pexpire(key, self.result_ttl_ms)
-        count, _ = pipe.execute()
-        return int(count)
 
     def dead_letter(
         self, reason: str, payload: str, *, kind: str = "no_job_id", job_id: str = ""
