@@ -207,6 +207,41 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from worker.replay import failed_job_ids, parse_duration, plan_for, replay_copy
+    from worker.runtime import result_store
+    from worker.settings import get_settings
+
+    settings = get_settings()
+    store = result_store(settings)
+    job_ids = list(args.job_ids)
+    if args.failed:
+        try:
+            since_s = parse_duration(args.since)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
+        job_ids += failed_job_ids(
+            store.client, settings.result_stream, since_s, args.tenant
+        )
+    if not job_ids:
+        raise SystemExit("nothing to replay: give JobIds, or --failed with --since")
+
+    status = 0
+    for job_id in job_ids:
+        plan = plan_for(store, job_id)
+        if plan.job is None:
+            print(f"skip   {job_id}: {plan.problem}", file=sys.stderr)
+            status = 1
+            continue
+        copy = replay_copy(plan.job, job_id)
+        if args.dry_run:
+            print(f"would  {job_id} -> {copy['JobId']} (from the {plan.source})")
+            continue
+        submit_job(copy)
+        print(f"sent   {job_id} -> {copy['JobId']} (from the {plan.source})")
+    return status
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     from worker.health import check_health
     from worker.settings import get_settings
@@ -281,6 +316,23 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate the tenant settings")
     check.add_argument("--config-dir", help="tenant settings folder")
     check.set_defaults(handler=cmd_check_config)
+
+    replay = commands.add_parser(
+        "replay",
+        help="send jobs again under new JobIds, from a stored result or dead letter",
+    )
+    replay.add_argument("job_ids", nargs="*", help="JobIds to replay")
+    replay.add_argument(
+        "--failed", action="store_true", help="replay every Error and Warning result"
+    )
+    replay.add_argument(
+        "--since", default="1h", help="with --failed: how far back, e.g. 30m, 1h, 2d"
+    )
+    replay.add_argument("--tenant", help="with --failed: only this TenantId")
+    replay.add_argument(
+        "--dry-run", action="store_true", help="list what would be sent, send nothing"
+    )
+    replay.set_defaults(handler=cmd_replay)
 
     health = commands.add_parser(
         "health",

@@ -73,6 +73,11 @@ class JobModel(_JobModel):
     job_id: str = Field(alias="JobId", min_length=1, max_length=MAX_JOB_ID_LENGTH)
     tenant_id: str = Field(alias="TenantId")
     correlation_id: str | None = Field(None, alias="CorrelationId")
+    replay_of: str | None = Field(
+        None,
+        alias="ReplayOf",
+        description="JobId of the job this one replays; set by the replay command",
+    )
     run_by_system_service: bool = Field(True, alias="RunBySystemService", strict=True)
     step: StepModel = Field(alias="Step")
     order: dict[str, Any] = Field(alias="Order")

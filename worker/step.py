@@ -74,6 +74,8 @@ LEASE_RECHECK_S = 2.0
 _lease_in_use: contextvars.ContextVar[str] = contextvars.ContextVar(
     "lease_in_use", default=""
 )
+# The JSON of the job this thread runs, kept with its result for 'replay'.
+_job_text: contextvars.ContextVar[str] = contextvars.ContextVar("job_text", default="")
 # Internal keyword arguments that only the worker's own messages carry.
 PROGRESS_KEY = "_progress"
 
@@ -194,6 +196,8 @@ class StepRunner:
             tenant_id=identity.tenant_id, order_id=identity.order_id
         )
         job_text = jsontext.dumps(raw, sort_keys=True)
+        # Stored next to the result, so 'replay' can send the job again.
+        _job_text.set(job_text)
         job_fingerprint = hashlib.sha256(job_text.encode("utf-8")).hexdigest()
 
         # One round trip: the stored result, or else this delivery's count.
@@ -552,7 +556,7 @@ class StepRunner:
         if self.store is not None:
             lease_token = _lease_in_use.get()
             published, result_json = self.store.publish(
-                job_id, result_json, job_fingerprint, lease_token
+                job_id, result_json, job_fingerprint, lease_token, _job_text.get()
             )
             if lease_token:
                 _lease_in_use.set("")

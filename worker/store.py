@@ -19,7 +19,8 @@ local existing = redis.call('HGET', KEYS[1], 'result')
 if existing then
   return {0, existing}
 end
-redis.call('HSET', KEYS[1], 'result', ARGV[1], 'fingerprint', ARGV[2])
+redis.call('HSET', KEYS[1], 'result', ARGV[1], 'fingerprint', ARGV[2],
+           'job', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
            'result', ARGV[1], 'job_id', ARGV[5])
@@ -100,7 +101,12 @@ class ResultStore:
         return StoredResult(_text(values[0]), _text(values[1] or b""))
 
     def publish(
-        self, job_id: str, result_json: str, fingerprint: str, lease_token: str = ""
+        self,
+        job_id: str,
+        result_json: str,
+        fingerprint: str,
+        lease_token: str = "",
+        job_text: str = "",
     ) -> tuple[bool, str]:
         """Publish unless a result exists; return (published, the standing result).
 
@@ -119,9 +125,15 @@ class ResultStore:
                 self.stream_maxlen,
                 job_id,
                 lease_token,
+                job_text,
             ],
         )
         return bool(created), _text(standing)
+
+    def stored_job(self, job_id: str) -> str | None:
+        """Return the JSON of the job whose result is stored for ``job_id``, if kept."""
+        value = self.client.hget(self._key("done", job_id), "job")
+        return _text(value) if value else None
 
     def begin_delivery(self, job_id: str, message: str) -> StoredResult | int:
         """Return the stored result, or else count this delivery and return the count.
