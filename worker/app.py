@@ -12,6 +12,7 @@ from worker import jsontext, metrics
 from worker.celery_output import install_log_filters
 from worker.health import HealthBeat
 from worker.logs import configure_logging
+from worker.redis_client import broker_options
 from worker.settings import get_settings
 
 TASK_NAME = "webhook_step.execute"
@@ -69,6 +70,10 @@ app.conf.update(
     worker_send_task_events=True,
     task_send_sent_event=True,
 )
+# Sentinel's master name and TLS for sentinel:// and rediss:// broker URLs.
+_redis_options = broker_options(_settings)
+app.conf.broker_transport_options.update(_redis_options.pop("broker_transport_options"))
+app.conf.update(_redis_options)
 # Writes the health file that 'webhook-step-worker health' reads.
 app.steps["consumer"].add(HealthBeat)
 

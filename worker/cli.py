@@ -105,14 +105,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    import redis
 
     from worker.display import COLUMNS, format_row, parse_result, result_row
+    from worker.redis_client import redis_from_url
     from worker.settings import get_settings
     from worker.streams import read_entries
 
     settings = get_settings()
-    client = redis.Redis.from_url(settings.results_redis_url)
+    client = redis_from_url(settings.results_redis_url, settings)
     last_id: bytes | str = "0-0" if args.from_start else "$"
     wanted = set(args.job_id or [])
     if args.table:

@@ -11,6 +11,7 @@ from worker import __version__, jsontext
 from worker.job import Job, is_request_header_group
 from worker.selection import select_connector
 from worker.tenants import DEFAULT_TIMEOUT, ConnectorSettings, TenantStore
+from worker.webhook import TlsFiles
 
 USER_AGENT = f"webhook-step-worker/{__version__}"
 
@@ -31,7 +32,19 @@ class Endpoint:
         if self.connector is None:
             parts = urlsplit(self.url)
             return f"inline:{parts.scheme}://{parts.netloc}"
-        return f"connector:{self.connector.label}:{self.connector.host}"
+        key = f"connector:{self.connector.label}:{self.connector.host}"
+        if self.tls is not None:
+            # A session keeps the TLS files it was created with, so changed
+            # paths in a reloaded tenant file must get a new session.
+            key += "|" + "|".join(path or "" for path in self.connector.tls_files())
+        return key
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        """The connector's client certificate and CA files; None for inline steps."""
+        if self.connector is None or not any(self.connector.tls_files()):
+            return None
+        return TlsFiles(*self.connector.tls_files())
 
     @property
     def reference_id(self) -> str:
@@ -88,8 +101,13 @@ def _choose(step_value: bool | None, default: bool) -> bool:
     return default if step_value is None else step_value
 
 
-def request_headers(job: Job, endpoint: Endpoint) -> dict[str, str]:
-    """Return the call's headers: fixed ones, then the connector's, then the step's."""
+def request_headers(
+    job: Job, endpoint: Endpoint, access_token: str | None = None
+) -> dict[str, str]:
+    """Return the call's headers: fixed ones, then the connector's, then the step's.
+
+    ``access_token`` is the connector's OAuth token, sent as a Bearer token.
+    """
     headers = {
         "Content-Type": "application/json; charset=utf-8",
         "Accept": "application/json",
@@ -101,7 +119,9 @@ def request_headers(job: Job, endpoint: Endpoint) -> dict[str, str]:
 
     connector = endpoint.connector
     if connector is not None:
-        if not connector.is_authenticated_manually:
+        if access_token is not None:
+            headers["Authorization"] = f"Bearer {access_token}"
+        elif not connector.is_authenticated_manually:
             if connector.bearer_token:
                 headers["Authorization"] = f"Bearer {connector.bearer_token}"
             elif connector.username is not None and connector.password is not None:

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis
 import structlog
 from celery import bootsteps
+
+from worker.redis_client import redis_from_url
 
 log = structlog.get_logger(__name__)
 
@@ -68,8 +69,11 @@ class HealthBeat(bootsteps.StartStopStep):  # type: ignore[misc]
         self.path = settings.health_file
         # A connection of its own: the consumer's connection is busy with BRPOP,
         # and a command sent on it would read BRPOP's reply.
-        self.client = redis.Redis.from_url(
-            settings.broker_url, socket_timeout=2.0, socket_connect_timeout=2.0
+        self.client = redis_from_url(
+            settings.broker_url,
+            settings,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
         )
         self.timer_entry: Any = None
         self.failing = False

@@ -100,6 +100,8 @@ class StepMetrics:
     retries: Counter
     results: Counter
     dead_letters: Counter
+    circuit_open: Counter
+    throttled: Counter
 
 
 _lock = threading.Lock()
@@ -161,6 +163,20 @@ def _create_metrics() -> StepMetrics:
             ["kind"],
             registry=registry,
         ),
+        circuit_open=Counter(
+            "webhook_step_circuit_open_total",
+            "Attempts that failed without a request because the connector's "
+            "circuit breaker was open or half-open, by connector.",
+            ["connector"],
+            registry=registry,
+        ),
+        throttled=Counter(
+            "webhook_step_throttled_total",
+            "Jobs rescheduled without a request because a connector limit was "
+            "reached, by connector and limit (rate or concurrency).",
+            ["connector", "limit"],
+            registry=registry,
+        ),
     )
     for status in ActionStatus:
         metrics.results.labels(action_status=str(status))
@@ -211,6 +227,19 @@ def record_attempt(
 def record_retry(connector: ConnectorSettings | None) -> None:
     label = connector_label(connector)
     _record(lambda metrics: metrics.retries.labels(connector=label).inc())
+
+
+def record_circuit_open(connector: ConnectorSettings | None) -> None:
+    label = connector_label(connector)
+    _record(lambda metrics: metrics.circuit_open.labels(connector=label).inc())
+
+
+def record_throttled(connector: ConnectorSettings | None, limit: str) -> None:
+    """Count one job that MaxRequestsPerSecond or MaxConcurrentRequests stopped."""
+    label = connector_label(connector)
+    _record(
+        lambda metrics: metrics.throttled.labels(connector=label, limit=limit).inc()
+    )
 
 
 def record_result(action_status: str) -> None:

@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from worker.redis_client import redis_from_url
 from worker.settings import WorkerSettings
 
 log = structlog.get_logger(__name__)
@@ -49,12 +50,14 @@ def countdown_jobs() -> int | None:
 class WorkerStateCollector(Collector):
     """Gauges read when Prometheus scrapes: queue length and jobs on a countdown."""
 
-    def __init__(self, broker_url: str, queue: str) -> None:
-        self.client = redis.Redis.from_url(
-            broker_url,
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.client = redis_from_url(
+            settings.broker_url,
+            settings,
             socket_timeout=REDIS_TIMEOUT_S,
             socket_connect_timeout=REDIS_TIMEOUT_S,
         )
+        queue = settings.queue
         self.keys = [
             queue,
             *(f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS),
@@ -127,7 +130,7 @@ class MetricsServer:
         registry = CollectorRegistry()
         # prometheus_client 0.26 leaves this constructor without type hints.
         MultiProcessCollector(registry, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
-        registry.register(WorkerStateCollector(settings.broker_url, settings.queue))
+        registry.register(WorkerStateCollector(settings))
         # The process_* metrics describe the main process only, without the
         # prefork pool processes.
         ProcessCollector(registry=registry)

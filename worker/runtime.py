@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-import redis
-
+from worker.redis_client import redis_from_url
 from worker.settings import WorkerSettings, get_settings
 from worker.step import StepRunner
 from worker.store import ResultStore
@@ -18,7 +17,7 @@ _runner: tuple[int, StepRunner] | None = None
 
 
 def result_store(settings: WorkerSettings) -> ResultStore:
-    client = redis.Redis.from_url(settings.results_redis_url)
+    client = redis_from_url(settings.results_redis_url, settings)
     return ResultStore(
         client,
         key_prefix=settings.key_prefix,
@@ -26,6 +25,8 @@ def result_store(settings: WorkerSettings) -> ResultStore:
         dead_letter_stream=settings.dead_letter_stream,
         result_ttl_s=settings.result_ttl_s,
         stream_maxlen=settings.result_stream_maxlen,
+        wait_replicas=settings.result_wait_replicas,
+        wait_timeout_ms=settings.result_wait_timeout_ms,
     )
 
 

@@ -22,8 +22,16 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Shorter values would redact ordinary words in log lines.
 MIN_REDACTED_LENGTH = 4
 
+# Short-lived secrets such as OAuth access tokens: only the newest this many are
+# kept, so a rotating token does not grow the set that each log line is checked
+# against. A token that old has expired long ago.
+MAX_TEMPORARY_SECRETS = 1024
+
 _lock = threading.Lock()
 _known_secrets: frozenset[str] = frozenset()
+_permanent_secrets: frozenset[str] = frozenset()
+# Insertion-ordered, oldest first.
+_temporary_secrets: dict[str, None] = {}
 
 
 def has_reference(text: str) -> bool:
@@ -61,12 +69,28 @@ def expand_references(text: str, where: str, environ: Mapping[str, str]) -> str:
 
 def register_secrets(values: Iterable[str]) -> None:
     """Add values that log lines must never show."""
-    global _known_secrets
+    global _known_secrets, _permanent_secrets
     fresh = {value for value in values if len(value) >= MIN_REDACTED_LENGTH}
-    if not fresh - _known_secrets:
+    if not fresh - _permanent_secrets:
         return
     with _lock:
-        _known_secrets = _known_secrets | fresh
+        _permanent_secrets = _permanent_secrets | fresh
+        _known_secrets = _permanent_secrets | frozenset(_temporary_secrets)
+
+
+def register_temporary_secret(value: str) -> None:
+    """Add a short-lived value, such as an access token, that logs must never show.
+
+    Only the newest ``MAX_TEMPORARY_SECRETS`` such values are kept.
+    """
+    global _known_secrets
+    if len(value) < MIN_REDACTED_LENGTH or value in _known_secrets:
+        return
+    with _lock:
+        _temporary_secrets[value] = None
+        while len(_temporary_secrets) > MAX_TEMPORARY_SECRETS:
+            del _temporary_secrets[next(iter(_temporary_secrets))]
+        _known_secrets = _permanent_secrets | frozenset(_temporary_secrets)
 
 
 def known_secrets() -> frozenset[str]:

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import ConfigError
@@ -30,6 +30,51 @@ class WorkerSettings(BaseSettings):
         description=(
             "Redis URL for results, markers and leases. "
             "Default: the same as BROKER_URL."
+        ),
+    )
+    sentinel_master: str | None = Field(
+        None,
+        description=(
+            "Name of the Redis master that the Sentinels monitor; required when "
+            "BROKER_URL or REDIS_URL is a sentinel:// URL."
+        ),
+    )
+    sentinel_tls: bool = Field(
+        False,
+        description=(
+            "Connect to the Sentinels, and to the master they name, over TLS "
+            "with the REDIS_CA_FILE, REDIS_CERT_FILE and REDIS_KEY_FILE settings."
+        ),
+    )
+    redis_ca_file: Path | None = Field(
+        None,
+        description=(
+            "CA certificates that verify the Redis server on rediss:// URLs (and "
+            "Sentinel with SENTINEL_TLS). Default: the system's CA certificates."
+        ),
+    )
+    redis_cert_file: Path | None = Field(
+        None,
+        description="Client certificate for Redis TLS; needs REDIS_KEY_FILE.",
+    )
+    redis_key_file: Path | None = Field(
+        None,
+        description="Private key of REDIS_CERT_FILE for Redis TLS.",
+    )
+    result_wait_replicas: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Replicas that must acknowledge a published result (Redis WAIT) "
+            "before the job's message is acknowledged; 0 does not wait."
+        ),
+    )
+    result_wait_timeout_ms: int = Field(
+        1000,
+        gt=0,
+        description=(
+            "Longest wait for RESULT_WAIT_REPLICAS, in milliseconds; the worker "
+            "logs a warning and goes on when fewer replicas acknowledged."
         ),
     )
     config_dir: Path = Field(
@@ -215,6 +260,28 @@ class WorkerSettings(BaseSettings):
                 ) from None
         return value
 
+    @model_validator(mode="after")
+    def _check_redis_options(self) -> WorkerSettings:
+        sentinel_urls = [
+            name
+            for name, url in (
+                ("BROKER_URL", self.broker_url),
+                ("REDIS_URL", self.redis_url),
+            )
+            if url is not None and url.lower().startswith("sentinel://")
+        ]
+        if sentinel_urls and not self.sentinel_master:
+            raise ValueError(
+                f"{ENV_PREFIX}{sentinel_urls[0]} is a sentinel:// URL, so "
+                f"{ENV_PREFIX}SENTINEL_MASTER must name the monitored master"
+            )
+        if (self.redis_cert_file is None) != (self.redis_key_file is None):
+            raise ValueError(
+                f"set both {ENV_PREFIX}REDIS_CERT_FILE and {ENV_PREFIX}REDIS_KEY_FILE "
+                "for a Redis client certificate, or neither"
+            )
+        return self
+
     def address_policy(self) -> AddressPolicy:
         return AddressPolicy(
             allow_private_networks=self.allow_private_networks,
@@ -237,12 +304,17 @@ def load_settings() -> WorkerSettings:
     try:
         return WorkerSettings()
     except ValidationError as error:
-        problems = "; ".join(
-            f"{ENV_PREFIX}{'_'.join(str(part) for part in item['loc']).upper()}: "
-            f"{item['msg']} (got {item.get('input')!r})"
-            for item in error.errors()
-        )
+        problems = "; ".join(_describe_problem(item) for item in error.errors())
         raise ConfigError(f"invalid worker settings: {problems}") from error
+
+
+def _describe_problem(item: Any) -> str:
+    if not item["loc"]:
+        # A check across settings: its input is every setting, URLs with their
+        # passwords included, so only the message names what to fix.
+        return str(item["msg"]).removeprefix("Value error, ")
+    name = "_".join(str(part) for part in item["loc"]).upper()
+    return f"{ENV_PREFIX}{name}: {item['msg']} (got {item.get('input')!r})"
 
 
 @lru_cache(maxsize=1)

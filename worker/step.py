@@ -3,7 +3,8 @@
 ``StepRunner.run`` is a plain function of the message and its collaborators.
 It returns either a finished result or a request to run again later (the
 one-second countdown, a retry, a held lease); the Celery task turns the
-latter into a countdown. Nothing here sleeps.
+latter into a countdown. Nothing here sleeps, except that a connector with
+OAuth may wait up to ``oauth.MAX_LOCK_WAIT_S`` for another worker's token.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
@@ -33,6 +34,8 @@ from worker.errors import (
     JobInvalid,
     NoEndpoint,
     WebhookError,
+    WebhookRejected,
+    WebhookTimeout,
 )
 from worker.filters import skip_reason
 from worker.job import (
@@ -41,6 +44,21 @@ from worker.job import (
     scrub_request_headers,
     summarize,
     usable_job_id,
+)
+from worker.oauth import (
+    MemoryTokenCache,
+    RedisTokenCache,
+    TokenCache,
+    TokenProvider,
+    TokenRequest,
+)
+from worker.protection import (
+    Admission,
+    CircuitOpen,
+    ConnectorGuard,
+    Throttled,
+    Transition,
+    is_guarded,
 )
 from worker.results import (
     ActionStatus,
@@ -59,7 +77,7 @@ from worker.updates import (
     changed_properties,
     remove_step_errors,
 )
-from worker.webhook import WebhookClient
+from worker.webhook import WebhookClient, WebhookResponse, safe_url
 
 log = structlog.get_logger(__name__)
 
@@ -91,10 +109,14 @@ class Progress:
     notes: tuple[str, ...] = ()
     # Messages this job was published as before: each reschedule is a new one.
     reschedules: int = 0
+    # Attempts that an open circuit breaker failed without a request; they
+    # count towards the retry budget but not towards the result's Attempts.
+    stopped: int = 0
 
     def to_message(self) -> dict[str, Any]:
         return {
             "reschedules": self.reschedules,
+            "stopped": self.stopped,
             "attempts": self.attempts,
             "delayed": self.delayed,
             "first_attempt_ms": self.first_attempt_ms,
@@ -120,6 +142,7 @@ class Progress:
         status = value.get("last_status")
         return cls(
             reschedules=int(value.get("reschedules") or 0),
+            stopped=int(value.get("stopped") or 0),
             attempts=int(value.get("attempts") or 0),
             delayed=bool(value.get("delayed")),
             first_attempt_ms=int(first) if first is not None else None,
@@ -178,6 +201,20 @@ class StepRunner:
     allow_retries: bool = True
     max_job_bytes: int = 2 * 1024 * 1024
     max_retry_delay_s: float = MAX_RETRY_DELAY_S
+    # Where OAuth tokens are cached; by default Redis through ``store``, and
+    # this process's memory without a store.
+    token_cache: TokenCache | None = None
+    tokens: TokenProvider = field(init=False, repr=False)
+    # Circuit breakers and connector limits; None without Redis (run-step).
+    guard: ConnectorGuard | None = field(init=False, repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        cache = self.token_cache
+        if cache is None and self.store is not None:
+            cache = RedisTokenCache(self.store.client, self.store.key_prefix)
+        self.tokens = TokenProvider(self.client, cache or MemoryTokenCache())
+        if self.store is not None:
+            self.guard = ConnectorGuard(self.store.client, self.store.key_prefix)
 
     def run(
         self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]
@@ -338,14 +375,20 @@ class StepRunner:
         # Publishing releases it in the same Redis step.
         lease_scope = _lease_in_use.set(lease_token if self.store else "")
         try:
-            attempt_started = time.monotonic()
-            outcome = self._attempt(job, endpoint, attempt)
-            metrics.record_attempt(
-                endpoint.connector, outcome, time.monotonic() - attempt_started
-            )
+            admission = self._admit(job, endpoint)
+            if isinstance(admission, Throttled):
+                # Not an attempt: the reschedule is a new message with its own
+                # delivery count, so throttling never ends a job.
+                metrics.record_throttled(endpoint.connector, admission.limit)
+                return Reschedule(admission.countdown_s, progress, admission.reason)
+            # The number of this HTTP call, for the webhook.call log line.
+            call_number = attempt - progress.stopped
+            outcome = self._guarded_attempt(job, endpoint, call_number, admission)
             progress = replace(
                 progress, attempts=attempt, first_attempt_ms=first_attempt_ms
             )
+            if isinstance(outcome, CircuitOpen):
+                progress = replace(progress, stopped=progress.stopped + 1)
             if isinstance(outcome, WebhookError):
                 return self._after_failure(
                     job, identity, job_fingerprint, endpoint, progress, outcome
@@ -359,25 +402,65 @@ class StepRunner:
             if self.store is not None and still_held:
                 self.store.release_lease(job.job_id, lease_token)
 
-    def _attempt(self, job: Job, endpoint: Endpoint, attempt: int) -> Any:
-        """Call the webhook once; return the response or the WebhookError it raised."""
-        body = request_body(job, endpoint)
-        headers = request_headers(job, endpoint)
+    def _admit(
+        self, job: Job, endpoint: Endpoint
+    ) -> Admission | Throttled | CircuitOpen | None:
+        """Ask the connector's breaker and limits for one call; None: none apply."""
         connector = endpoint.connector
-        if connector is not None and connector.signing_secret:
-            key = secret_key(connector.signing_secret)
-            headers.update(signature_headers(key, job.job_id, body))
+        if self.guard is None or connector is None or not is_guarded(connector):
+            return None
+        return self.guard.admit(
+            job.tenant_id, connector, endpoint.timeout_s, self.max_retry_delay_s
+        )
+
+    def _guarded_attempt(
+        self,
+        job: Job,
+        endpoint: Endpoint,
+        attempt: int,
+        admission: Admission | CircuitOpen | None,
+    ) -> Any:
+        """Run ``_attempt`` unless the breaker is open; report the outcome to it."""
+        if isinstance(admission, CircuitOpen):
+            log.info("circuit.call_stopped", reason=str(admission))
+            metrics.record_circuit_open(endpoint.connector)
+            return admission
+        attempt_started = time.monotonic()
+        outcome: Any = None
         try:
-            response = self.client.post(
-                session_key=endpoint.session_key,
-                url=endpoint.url,
-                headers=headers,
-                body=body,
-                timeout_s=endpoint.timeout_s,
-                attempt=attempt,
+            outcome = self._attempt(job, endpoint, attempt)
+        finally:
+            if admission is not None and self.guard is not None:
+                error = outcome if isinstance(outcome, WebhookError) else None
+                transition = self.guard.finish(
+                    admission, error, called=outcome is not None
+                )
+                if transition is not None:
+                    _log_transition(transition, admission.connector.label)
+        metrics.record_attempt(
+            endpoint.connector, outcome, time.monotonic() - attempt_started
+        )
+        return outcome
+
+    def _attempt(self, job: Job, endpoint: Endpoint, attempt: int) -> Any:
+        """Call the webhook once; return the response or the WebhookError it raised.
+
+        With OAuth, the connector's TimeOut bounds the token requests and calls
+        of the attempt together, and a 401 answer gets one more call with a
+        new token.
+        """
+        body = request_body(job, endpoint)
+        token_request = self._token_request(job, endpoint)
+        if token_request is None:
+            response = self._post(
+                job, endpoint, attempt, body, None, endpoint.timeout_s
             )
-        except WebhookError as error:
-            return error
+        else:
+            response = self._post_with_token(
+                job, endpoint, attempt, body, token_request
+            )
+        if isinstance(response, WebhookError):
+            return response
         try:
             return response, apply_response(
                 job.order,
@@ -391,6 +474,88 @@ class StepRunner:
                 url=endpoint.url,
                 status=response.status,
             )
+
+    def _post(
+        self,
+        job: Job,
+        endpoint: Endpoint,
+        attempt: int,
+        body: bytes,
+        access_token: str | None,
+        timeout_s: float,
+    ) -> WebhookResponse | WebhookError:
+        """POST ``body`` once; return the 2xx response or the WebhookError raised."""
+        headers = request_headers(job, endpoint, access_token)
+        connector = endpoint.connector
+        if connector is not None and connector.signing_secret:
+            key = secret_key(connector.signing_secret)
+            headers.update(signature_headers(key, job.job_id, body))
+        try:
+            return self.client.post(
+                session_key=endpoint.session_key,
+                url=endpoint.url,
+                headers=headers,
+                body=body,
+                timeout_s=timeout_s,
+                attempt=attempt,
+                tls=endpoint.tls,
+            )
+        except WebhookError as error:
+            return error
+
+    def _token_request(self, job: Job, endpoint: Endpoint) -> TokenRequest | None:
+        """Return what the attempt's OAuth token needs; None without OAuth.
+
+        A step whose RequestHeaders set Authorization gets no token, because
+        its header would replace the token's.
+        """
+        connector = endpoint.connector
+        if connector is None or connector.oauth is None:
+            return None
+        if any(name.lower() == "authorization" for name in job.request_headers):
+            return None
+        return TokenRequest(
+            tenant_id=job.tenant_id,
+            connector=connector,
+            session_key=endpoint.session_key,
+            tls=endpoint.tls,
+            deadline_at=time.monotonic() + endpoint.timeout_s,
+        )
+
+    def _post_with_token(
+        self,
+        job: Job,
+        endpoint: Endpoint,
+        attempt: int,
+        body: bytes,
+        token_request: TokenRequest,
+    ) -> WebhookResponse | WebhookError:
+        """POST with the connector's OAuth token, and after a 401 with a new one."""
+        connector = token_request.connector
+        response: WebhookResponse | WebhookError | None = None
+        for _ in range(2):
+            try:
+                token = self.tokens.token(token_request)
+            except WebhookError as error:
+                return error
+            timeout_s = token_request.remaining_s()
+            if timeout_s <= 0:
+                return WebhookTimeout(
+                    f"webhook call to {safe_url(endpoint.url)} was not sent: the "
+                    "connector's TimeOut ran out during the OAuth token request",
+                    url=safe_url(endpoint.url),
+                )
+            response = self._post(job, endpoint, attempt, body, token, timeout_s)
+            rejected = isinstance(response, WebhookRejected) and response.status == 401
+            if not rejected:
+                return response
+            log.info(
+                "oauth.token_rejected",
+                detail="the webhook answered 401; the cached token is dropped",
+            )
+            self.tokens.discard(job.tenant_id, connector, token)
+        assert response is not None
+        return response
 
     def _after_success(
         self,
@@ -416,7 +581,7 @@ class StepRunner:
             order=order,
             messages=[*progress.notes, *update.messages],
             http_status=response.status,
-            attempts=progress.attempts,
+            attempts=progress.attempts - progress.stopped,
             duration_ms=_now_ms() - (progress.first_attempt_ms or _now_ms()),
             changed_properties=changed_properties(job.order, order),
             events=[export_event(f"Order sent to {target}", timestamp)],
@@ -479,7 +644,7 @@ class StepRunner:
             error_reason=reason,
             messages=list(progress.notes),
             http_status=error.status,
-            attempts=progress.attempts,
+            attempts=progress.attempts - progress.stopped,
             duration_ms=_now_ms() - (progress.first_attempt_ms or _now_ms()),
             changed_properties=changed_properties(job.order, order),
             **_connector_fields(endpoint),
@@ -610,6 +775,19 @@ def _argument_problem(args: Any, kwargs: Mapping[str, Any]) -> str | None:
             f"{len(args)} positional and keyword arguments {sorted(extra)}"
         )
     return None
+
+
+def _log_transition(transition: Transition, label: str) -> None:
+    if transition.event == "circuit.closed":
+        log.info(transition.event, connector=label, detail="trial calls succeeded")
+        return
+    log.warning(
+        transition.event,
+        connector=label,
+        failed=transition.failed,
+        calls=transition.calls,
+        detail="calls fail without a request until the cool-down ends",
+    )
 
 
 def _connector_fields(endpoint: Endpoint) -> dict[str, Any]:

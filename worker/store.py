@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
+import structlog
 
 from worker import metrics
+
+log = structlog.get_logger(__name__)
 
 # Publish a result only when no result exists for the JobId, in one atomic step:
 # the done marker and the stream entry are written together or not at all. The
@@ -79,8 +82,12 @@ class ResultStore:
         dead_letter_stream: str,
         result_ttl_s: int,
         stream_maxlen: int,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
         self.client = client
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self.key_prefix = key_prefix
         self.result_stream = result_stream
         self.dead_letter_stream = dead_letter_stream
@@ -110,24 +117,41 @@ class ResultStore:
     ) -> tuple[bool, str]:
         """Publish unless a result exists; return (published, the standing result).
 
-        A ``lease_token`` releases the call lease in the same step.
+        A ``lease_token`` releases the call lease in the same step. With
+        ``wait_replicas`` set, the call returns once that many replicas have the
+        write (Redis WAIT), or after ``wait_timeout_ms`` with a warning logged.
         """
-        created, standing = self._publish(
-            keys=[
-                self._key("done", job_id),
-                self.result_stream,
-                self._key("lease", job_id),
-            ],
-            args=[
-                result_json,
-                fingerprint,
-                self.result_ttl_ms,
-                self.stream_maxlen,
-                job_id,
-                lease_token,
-                job_text,
-            ],
-        )
+        keys = [
+            self._key("done", job_id),
+            self.result_stream,
+            self._key("lease", job_id),
+        ]
+        args: list[str | int] = [
+            result_json,
+            fingerprint,
+            self.result_ttl_ms,
+            self.stream_maxlen,
+            job_id,
+            lease_token,
+            job_text,
+        ]
+        if not self.wait_replicas:
+            created, standing = self._publish(keys=keys, args=args)
+            return bool(created), _text(standing)
+        # WAIT counts the writes of its own connection, so it must follow the
+        # script on the same connection, and a pipeline sends all its commands on one.
+        pipe = self.client.pipeline(transaction=False)
+        self._publish(keys=keys, args=args, client=pipe)
+        pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+        (created, standing), acknowledged = pipe.execute()
+        if acknowledged < self.wait_replicas:
+            log.warning(
+                "result.replication_unconfirmed",
+                job_id=job_id,
+                replicas=acknowledged,
+                required=self.wait_replicas,
+                timeout_ms=self.wait_timeout_ms,
+            )
         return bool(created), _text(standing)
 
     def stored_job(self, job_id: str) -> str | None:

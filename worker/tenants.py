@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -130,6 +131,84 @@ def _parse_timeout(value: Any) -> timedelta:
     return timeout
 
 
+class OAuthSettings(CaseInsensitiveModel):
+    """OAuth 2.0 client credentials grant (RFC 6749 section 4.4) of one connector."""
+
+    token_url: str = Field(alias="TokenUrl")
+    client_id: str = Field(alias="ClientId", min_length=1)
+    client_secret: str = Field(alias="ClientSecret", min_length=1, repr=False)
+    scope: str | None = Field(None, alias="Scope", min_length=1)
+    resource: str | None = Field(None, alias="Resource", min_length=1)
+    client_authentication: Literal["Basic", "Body"] = Field(
+        "Basic", alias="ClientAuthentication"
+    )
+
+    @model_validator(mode="after")
+    def _check_token_url(self) -> OAuthSettings:
+        problem = check_webhook_url(self.token_url)
+        if problem:
+            raise ValueError(
+                f"TokenUrl {url_for_message(self.token_url)} is invalid: {problem}"
+            )
+        return self
+
+
+def _check_readable_file(value: str | None) -> str | None:
+    """Check that ``value`` is an absolute path of a file this process can read."""
+    if value is None:
+        return None
+    if not Path(value).is_absolute():
+        raise ValueError(f"{value!r} must be an absolute path")
+    try:
+        with open(value, "rb") as file:
+            file.read(1)
+    except OSError as error:
+        raise ValueError(
+            f"cannot read {value!r} ({error.strerror}); mount the file or fix the path"
+        ) from None
+    return value
+
+
+def _tls_files_problem(
+    certificate_file: str | None, key_file: str | None, ca_bundle_file: str | None
+) -> str | None:
+    """Return why the PEM files cannot be loaded by OpenSSL, or None when they can."""
+    if key_file is not None and certificate_file is None:
+        return "ClientKeyFile needs ClientCertificateFile"
+    context = ssl.create_default_context()
+    if certificate_file is not None:
+        try:
+            # An encrypted key gets an empty password and fails here, in place of
+            # OpenSSL prompting on the terminal when the first call connects.
+            context.load_cert_chain(certificate_file, key_file, password=lambda: b"")
+        except ssl.SSLError as error:
+            return (
+                f"ClientCertificateFile {certificate_file!r} and ClientKeyFile "
+                f"{key_file!r} are not a usable PEM certificate and unencrypted "
+                f"private key ({error.reason or error})"
+            )
+    if ca_bundle_file is not None:
+        try:
+            context.load_verify_locations(cafile=ca_bundle_file)
+        except ssl.SSLError as error:
+            return (
+                f"CaBundleFile {ca_bundle_file!r} is not a PEM bundle of CA "
+                f"certificates ({error.reason or error})"
+            )
+    return None
+
+
+class CircuitBreakerSettings(CaseInsensitiveModel):
+    """Circuit breaker of one connector; ``worker.protection`` applies it."""
+
+    # The breaker opens when the share of failed calls exceeds this.
+    failure_ratio: float = Field(0.5, alias="FailureRatio", ge=0, lt=1, strict=True)
+    minimum_calls: int = Field(20, alias="MinimumCalls", ge=1, le=100_000, strict=True)
+    window_s: int = Field(60, alias="Window", ge=1, le=3600, strict=True)
+    cool_down_s: float = Field(30, alias="CoolDown", gt=0, le=3600, strict=True)
+    trial_calls: int = Field(3, alias="TrialCalls", ge=1, le=1000, strict=True)
+
+
 class ConnectorSettings(CaseInsensitiveModel):
     """One HTTP connector of a tenant."""
 
@@ -165,6 +244,22 @@ class ConnectorSettings(CaseInsensitiveModel):
     )
     signing_secret: str | None = Field(None, alias="SigningSecret", repr=False)
     request_format: Literal["Order", "Envelope"] = Field("Order", alias="RequestFormat")
+    oauth: OAuthSettings | None = Field(None, alias="OAuth")
+    client_certificate_file: str | None = Field(None, alias="ClientCertificateFile")
+    client_key_file: str | None = Field(None, alias="ClientKeyFile")
+    ca_bundle_file: str | None = Field(None, alias="CaBundleFile")
+    circuit_breaker: CircuitBreakerSettings | None = Field(None, alias="CircuitBreaker")
+    max_requests_per_second: float | None = Field(
+        None, alias="MaxRequestsPerSecond", gt=0, le=100_000, strict=True
+    )
+    max_concurrent_requests: int | None = Field(
+        None, alias="MaxConcurrentRequests", ge=1, le=100_000, strict=True
+    )
+
+    @field_validator("client_certificate_file", "client_key_file", "ca_bundle_file")
+    @classmethod
+    def _check_file(cls, value: str | None) -> str | None:
+        return _check_readable_file(value)
 
     @field_validator("signing_secret")
     @classmethod
@@ -194,7 +289,41 @@ class ConnectorSettings(CaseInsensitiveModel):
             raise ValueError("Basic authentication needs both Username and Password")
         if self.username is not None and ":" in self.username:
             raise ValueError("Username must not contain ':'")
+        if self.oauth is not None:
+            self._check_oauth_alone()
+        problem = _tls_files_problem(
+            self.client_certificate_file, self.client_key_file, self.ca_bundle_file
+        )
+        if problem:
+            raise ValueError(problem)
         return self
+
+    def _check_oauth_alone(self) -> None:
+        """Raise ValueError when another setting also sets the Authorization header."""
+        others = [
+            name
+            for name, value in (
+                ("BearerToken", self.bearer_token),
+                ("Username", self.username),
+                ("Password", self.password),
+            )
+            if value is not None
+        ]
+        if others:
+            raise ValueError(
+                f"OAuth cannot be combined with {' and '.join(others)}; "
+                "keep one way to authenticate"
+            )
+        if self.is_authenticated_manually:
+            raise ValueError(
+                "OAuth cannot be combined with IsAuthenticatedManually true; "
+                "remove one of them"
+            )
+        if any(h.key.lower() == "authorization" for h in self.custom_headers):
+            raise ValueError(
+                "OAuth cannot be combined with a custom Authorization header; "
+                "remove the header from CustomHeaders"
+            )
 
     @property
     def label(self) -> str:
@@ -203,6 +332,14 @@ class ConnectorSettings(CaseInsensitiveModel):
 
     def has_enabled_lists(self) -> bool:
         return bool(self.enabled_for_markets or self.enabled_for_market_groups)
+
+    def tls_files(self) -> tuple[str | None, str | None, str | None]:
+        """Return the client certificate, its key and the CA bundle file paths."""
+        return (
+            self.client_certificate_file,
+            self.client_key_file,
+            self.ca_bundle_file,
+        )
 
 
 class TenantSettings(CaseInsensitiveModel):
@@ -234,6 +371,8 @@ class LoadedTenant:
 
 # Fields whose values must come from ${...} references, never from the file itself.
 _SECRET_FIELDS = ("BearerToken", "Password", "SigningSecret")
+# The same for fields of a connector's OAuth object.
+_OAUTH_SECRET_FIELDS = ("ClientSecret",)
 
 
 def _expand(
@@ -328,11 +467,22 @@ def _secret_field_problems(raw: dict[str, Any]) -> list[str]:
         if not isinstance(connector, dict):
             continue
         label = _connector_label(connector, index)
-        fields = canonical_keys(connector, [*_SECRET_FIELDS, "CustomHeaders"])
+        fields = canonical_keys(connector, [*_SECRET_FIELDS, "CustomHeaders", "OAuth"])
         for field in _SECRET_FIELDS:
             value = fields.get(field)
             if isinstance(value, str) and value and not secrets.has_reference(value):
                 problems.append(f"{label} field {field}: {advice}")
+        oauth = fields.get("OAuth")
+        if isinstance(oauth, dict):
+            oauth_fields = canonical_keys(oauth, list(_OAUTH_SECRET_FIELDS))
+            for field in _OAUTH_SECRET_FIELDS:
+                value = oauth_fields.get(field)
+                if (
+                    isinstance(value, str)
+                    and value
+                    and not secrets.has_reference(value)
+                ):
+                    problems.append(f"{label} field OAuth.{field}: {advice}")
         headers = fields.get("CustomHeaders")
         for position, header in enumerate(headers if isinstance(headers, list) else []):
             if not isinstance(header, dict):
@@ -465,10 +615,26 @@ def parse_tenant_file(
         ):
             if value:
                 secret_values.add(value)
+        if connector.oauth is not None:
+            secret_values.add(connector.oauth.client_secret)
+        if connector.client_key_file is not None:
+            secret_values.update(_key_file_secrets(connector.client_key_file))
         for header in connector.custom_headers:
             if header.secret or is_sensitive_header(header.key):
                 secret_values.add(header.value)
     return LoadedTenant(tenant_id, path, settings, frozenset(secret_values))
+
+
+def _key_file_secrets(path: str) -> set[str]:
+    """Return the private key file's text and each base64 line of it, as secrets."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        # Validation read the file a moment ago; requests reports it at connect.
+        return set()
+    lines = {line.strip() for line in text.splitlines() if "-----" not in line}
+    # A short last line such as "AB==" would redact ordinary words.
+    return {text.strip(), *(line for line in lines if len(line) >= 16)}
 
 
 @dataclass

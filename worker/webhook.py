@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 import structlog
@@ -67,6 +67,27 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         moment = moment.replace(tzinfo=UTC)
     now = now or datetime.now(UTC)
     return max(0.0, (moment - now).total_seconds())
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A connector's client certificate, its private key and CA bundle (PEM paths)."""
+
+    certificate_file: str | None = None
+    key_file: str | None = None
+    ca_bundle_file: str | None = None
+
+
+@dataclass(frozen=True)
+class FormResponse:
+    """Any response to a form POST: the status, the JSON body, and Retry-After.
+
+    ``body`` is None when the body is empty or not valid JSON.
+    """
+
+    status: int
+    body: Any
+    retry_after_s: float | None
 
 
 @dataclass(frozen=True)
@@ -131,7 +152,7 @@ class WebhookClient:
         self._sessions: dict[str, requests.Session] = {}
         self._lock = threading.Lock()
 
-    def _new_session(self) -> requests.Session:
+    def _new_session(self, tls: TlsFiles | None) -> requests.Session:
         session = _NoRedirectSession()
         # Proxies and .netrc credentials from the environment are never used;
         # a proxy comes only from WEBHOOK_WORKER_PROXY_URL.
@@ -140,6 +161,13 @@ class WebhookClient:
             session.proxies = {"http": self.proxy_url, "https": self.proxy_url}
         if self.ca_bundle:
             session.verify = self.ca_bundle
+        if tls is not None:
+            if tls.ca_bundle_file:
+                session.verify = tls.ca_bundle_file
+            if tls.certificate_file and tls.key_file:
+                session.cert = (tls.certificate_file, tls.key_file)
+            elif tls.certificate_file:
+                session.cert = tls.certificate_file
         session.cookies.set_policy(
             http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
         )
@@ -151,14 +179,18 @@ class WebhookClient:
         session.mount("https://", adapter)
         return session
 
-    def session_for(self, key: str) -> requests.Session:
-        """Return the session of one connector, creating it on first use."""
+    def session_for(self, key: str, tls: TlsFiles | None = None) -> requests.Session:
+        """Return the session of one connector, creating it on first use.
+
+        ``tls`` applies only when the session is created, so ``key`` must
+        change whenever the connector's TLS files do.
+        """
         session = self._sessions.get(key)
         if session is None:
             with self._lock:
                 session = self._sessions.get(key)
                 if session is None:
-                    session = self._new_session()
+                    session = self._new_session(tls)
                     self._sessions[key] = session
         return session
 
@@ -177,6 +209,7 @@ class WebhookClient:
         body: bytes,
         timeout_s: float,
         attempt: int,
+        tls: TlsFiles | None = None,
     ) -> WebhookResponse:
         """POST ``body`` and return the parsed 2xx answer.
 
@@ -191,8 +224,9 @@ class WebhookClient:
         status: int | None = None
         try:
             with deadline_scope(timeout_s) as deadline:
+                session = self.session_for(session_key, tls)
                 status, parsed = self._exchange(
-                    session_key, url, shown_url, headers, body, deadline, timeout_s
+                    session, url, shown_url, headers, body, deadline, timeout_s
                 )
         except Exception as error:
             log.warning(
@@ -218,9 +252,61 @@ class WebhookClient:
         )
         return WebhookResponse(status, parsed, elapsed_ms)
 
+    def post_form(
+        self,
+        *,
+        session_key: str,
+        url: str,
+        fields: dict[str, str],
+        headers: dict[str, str],
+        timeout_s: float,
+        tls: TlsFiles | None = None,
+        call_name: str = "form POST",
+    ) -> FormResponse:
+        """POST ``fields`` form-encoded and return the answer, whatever its status.
+
+        The call goes through the session of ``session_key`` with the same
+        address checks, deadline, header limit and body limit as a webhook
+        call. ``call_name`` names the call in error messages.
+
+        Raises:
+            WebhookError: no answer arrived (connection error, timeout, blocked
+                address) or the answer is over the size limits.
+        """
+        shown_url = safe_url(url)
+        body = urlencode(fields).encode("ascii")
+        form_headers = {
+            **headers,
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
+        with deadline_scope(timeout_s) as deadline:
+            session = self.session_for(session_key, tls)
+            response = self._send(
+                session,
+                url,
+                shown_url,
+                form_headers,
+                body,
+                deadline,
+                timeout_s,
+                call_name,
+            )
+            with response:
+                status = response.status_code
+                self._check_header_size(response, shown_url)
+                content = self._read_body(
+                    response, deadline, shown_url, timeout_s, call_name
+                )
+        try:
+            parsed = jsontext.loads(content.decode("utf-8").removeprefix("\ufeff"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            parsed = None
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        return FormResponse(status, parsed, retry_after)
+
     def _exchange(
         self,
-        session_key: str,
+        session: requests.Session,
         url: str,
         shown_url: str,
         headers: dict[str, str],
@@ -228,7 +314,28 @@ class WebhookClient:
         deadline: Deadline,
         timeout_s: float,
     ) -> tuple[int, dict[str, Any] | None]:
-        session = self.session_for(session_key)
+        response = self._send(
+            session, url, shown_url, headers, body, deadline, timeout_s
+        )
+        with response:
+            status = response.status_code
+            self._check_header_size(response, shown_url)
+            _check_status(response, shown_url)
+            content = self._read_body(response, deadline, shown_url, timeout_s)
+        return status, _parse_body(content, shown_url, status)
+
+    def _send(
+        self,
+        session: requests.Session,
+        url: str,
+        shown_url: str,
+        headers: dict[str, str],
+        body: bytes,
+        deadline: Deadline,
+        timeout_s: float,
+        call_name: str = "webhook call",
+    ) -> requests.Response:
+        """POST and return the streamed response, once its headers have arrived."""
         if self.proxy_url:
             # The proxy, not this worker, opens the connection to the webhook,
             # so the address check runs here, before the request.
@@ -261,7 +368,7 @@ class WebhookClient:
             ) from None
         except requests.RequestException as error:
             if deadline.expired or isinstance(error, requests.Timeout):
-                raise _timeout(shown_url, timeout_s) from None
+                raise _timeout(shown_url, timeout_s, call_name) from None
             if _headers_too_large(error):
                 raise InvalidResponseBody(
                     f"the response headers of {shown_url} exceed the limits of "
@@ -269,25 +376,30 @@ class WebhookClient:
                     "or shorter headers",
                     url=shown_url,
                 ) from None
+            if isinstance(error, requests.exceptions.SSLError):
+                raise WebhookUnavailable(
+                    f"TLS connection to {shown_url} failed: {_reason(error)}; check "
+                    "the server's certificate against the CA bundle, and the "
+                    "connector's client certificate if the server requires one",
+                    url=shown_url,
+                ) from None
             raise WebhookUnavailable(
                 f"connection to {shown_url} failed: {_reason(error)}", url=shown_url
             ) from None
+        return response
 
-        with response:
-            status = response.status_code
-            header_bytes = sum(
-                len(name) + len(value) + 4 for name, value in response.headers.items()
+    def _check_header_size(self, response: requests.Response, shown_url: str) -> None:
+        header_bytes = sum(
+            len(name) + len(value) + 4 for name, value in response.headers.items()
+        )
+        if header_bytes > self.max_header_bytes:
+            response.close()
+            raise InvalidResponseBody(
+                f"the response headers of {shown_url} are {header_bytes} bytes, "
+                f"more than the limit of {self.max_header_bytes}",
+                url=shown_url,
+                status=response.status_code,
             )
-            if header_bytes > self.max_header_bytes:
-                raise InvalidResponseBody(
-                    f"the response headers of {shown_url} are {header_bytes} bytes, "
-                    f"more than the limit of {self.max_header_bytes}",
-                    url=shown_url,
-                    status=status,
-                )
-            _check_status(response, shown_url)
-            content = self._read_body(response, deadline, shown_url, timeout_s)
-        return status, _parse_body(content, shown_url, status)
 
     def _read_body(
         self,
@@ -295,6 +407,7 @@ class WebhookClient:
         deadline: Deadline,
         shown_url: str,
         timeout_s: float,
+        call_name: str = "webhook call",
     ) -> bytes:
         limit = self.max_response_bytes
         declared = response.headers.get("Content-Length", "")
@@ -316,14 +429,14 @@ class WebhookClient:
             raise
         except Exception as error:
             if deadline.expired:
-                raise _timeout(shown_url, timeout_s) from None
+                raise _timeout(shown_url, timeout_s, call_name) from None
             raise WebhookUnavailable(
                 f"reading the response of {shown_url} failed: {_reason(error)}",
                 url=shown_url,
                 status=response.status_code,
             ) from None
         if deadline.expired:
-            raise _timeout(shown_url, timeout_s)
+            raise _timeout(shown_url, timeout_s, call_name)
         return b"".join(chunks)
 
 
@@ -372,9 +485,11 @@ def _reason(error: BaseException) -> str:
     return f"{type(inner).__name__}: {text}"[:200]
 
 
-def _timeout(shown_url: str, timeout_s: float) -> WebhookTimeout:
+def _timeout(
+    shown_url: str, timeout_s: float, call_name: str = "webhook call"
+) -> WebhookTimeout:
     return WebhookTimeout(
-        f"webhook call to {shown_url} timed out after {timeout_s:g} s "
+        f"{call_name} to {shown_url} timed out after {timeout_s:g} s "
         "(the connector's TimeOut bounds the whole call)",
         url=shown_url,
     )

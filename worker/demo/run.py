@@ -167,14 +167,14 @@ def _submit_and_collect(
     worker: subprocess.Popen[bytes],
     log_path: Path,
 ) -> int:
-    import redis
 
     from worker import jsontext
     from worker.cli import submit_job
     from worker.display import parse_result, render_table
+    from worker.redis_client import redis_from_url
     from worker.streams import newest_entry_id, read_entries
 
-    client = redis.Redis.from_url(settings.results_redis_url)
+    client = redis_from_url(settings.results_redis_url, settings)
     last_id = newest_entry_id(client, settings.result_stream)
 
     names_by_job: dict[str, str] = {}

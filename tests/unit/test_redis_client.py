@@ -1,0 +1,99 @@
+"""Sentinel URL parsing, TLS options and Celery broker options."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from redis.sentinel import SentinelConnectionPool
+
+from worker.errors import ConfigError
+from worker.redis_client import (
+    broker_options,
+    parse_sentinel_url,
+    redis_from_url,
+    tls_options,
+)
+from worker.settings import WorkerSettings
+
+SENTINELS = "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380"
+
+
+def test_sentinel_url_database_on_last_part() -> None:
+    parsed = parse_sentinel_url(f"{SENTINELS}/0")
+    assert parsed.sentinels == (("127.0.0.1", 26379), ("127.0.0.1", 26380))
+    assert parsed.db == 0
+    assert parsed.password is None
+
+
+def test_sentinel_url_first_part_credentials() -> None:
+    parsed = parse_sentinel_url("sentinel://:p%40ss@a:1/2;sentinel://b")
+    assert parsed.sentinels == (("a", 1), ("b", 26379))
+    assert parsed.db == 2
+    assert parsed.password == "p@ss"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # kombu reads the database of the first part only.
+        "sentinel://a:1;sentinel://b:2/3",
+        "sentinel://a:1;sentinel://:secret@b:2",
+        "sentinel://a:1;redis://b:2",
+        "sentinel://a:1/x",
+        "sentinel://a:99999",
+        "",
+    ],
+)
+def test_sentinel_url_invalid(url: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_sentinel_url(url)
+
+
+def test_sentinel_requires_master_name() -> None:
+    with pytest.raises(ValidationError, match="SENTINEL_MASTER"):
+        WorkerSettings(broker_url=SENTINELS)
+
+
+def test_client_certificate_needs_key(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="REDIS_KEY_FILE"):
+        WorkerSettings(redis_cert_file=tmp_path / "client.crt")
+
+
+def test_sentinel_client_asks_for_master() -> None:
+    settings = WorkerSettings(broker_url=SENTINELS, sentinel_master="main")
+    client = redis_from_url(SENTINELS.replace(";", "/4;", 1), settings)
+    pool = client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool)
+    assert pool.service_name == "main"
+    assert pool.connection_kwargs["db"] == 4
+
+
+def test_rediss_client_verifies_server(tmp_path: Path) -> None:
+    ca_file = tmp_path / "ca.crt"
+    settings = WorkerSettings(redis_ca_file=ca_file)
+    client = redis_from_url("rediss://127.0.0.1:6380/0", settings)
+    kwargs = client.connection_pool.connection_kwargs
+    assert kwargs["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+    assert kwargs["ssl_ca_certs"] == str(ca_file)
+
+
+def test_broker_options_sentinel_tls(tmp_path: Path) -> None:
+    settings = WorkerSettings(
+        broker_url=SENTINELS,
+        sentinel_master="main",
+        sentinel_tls=True,
+        redis_ca_file=tmp_path / "ca.crt",
+    )
+    options = broker_options(settings)
+    transport = options["broker_transport_options"]
+    assert transport["master_name"] == "main"
+    assert transport["sentinel_kwargs"]["ssl"] is True
+    assert options["broker_use_ssl"] == tls_options(settings)
+
+
+def test_broker_options_plain_redis() -> None:
+    options = broker_options(WorkerSettings(broker_url="redis://127.0.0.1:6379/0"))
+    assert options == {"broker_transport_options": {}}
