@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import uuid
 from typing import Any
+
+from worker.message import task_envelope
 
 # The worker's task, and the task of the plain Celery baseline in bench.plain_app.
 WORKER_TASK = "webhook_step.execute"
 PLAIN_TASK = "bench.plain_post"
-EMBED_JSON = '{"callbacks":null,"errbacks":null,"chain":null,"chord":null}'
 
 
 def order(order_id: str) -> dict[str, Any]:
@@ -111,33 +110,11 @@ def envelope(queue: str, task_name: str, job_value: dict[str, Any]) -> str:
     """
     task_id = str(job_value["JobId"])
     args_json = json.dumps([job_value], separators=(",", ":"))
-    body = f"[{args_json},{{}},{EMBED_JSON}]"
-    message = {
-        "body": base64.b64encode(body.encode("utf-8")).decode("ascii"),
-        "content-type": "application/json",
-        "content-encoding": "utf-8",
-        "headers": {
-            "lang": "py",
-            "task": task_name,
-            "id": task_id,
-            "root_id": task_id,
-            "parent_id": None,
-            "group": None,
-            "retries": 0,
-            "eta": None,
-            "expires": None,
-            "timelimit": [None, None],
-            "argsrepr": f"(job_id={task_id})",
-            "kwargsrepr": "{}",
-            "origin": "bench",
-        },
-        "properties": {
-            "correlation_id": task_id,
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
-        },
-    }
-    return json.dumps(message)
+    return task_envelope(
+        queue,
+        args_json,
+        task_id=task_id,
+        task=task_name,
+        argsrepr=f"(job_id={task_id})",
+        origin="bench",
+    )

@@ -1,5 +1,7 @@
 """Hand-built kombu Redis envelopes, for messages Celery's producer cannot build.
 
+The envelopes come from ``worker.message``; this module adds what only tests need.
+
 kombu's Redis transport stores each message as a JSON envelope in the queue
 list: the body is base64 text and the headers carry Celery's task fields. A
 test writes the envelope with ``LPUSH``, so it can send a body that is not
@@ -11,71 +13,17 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 from typing import Any
 
 import redis
 
-TASK_NAME = "webhook_step.execute"
-EMBED_JSON = '{"callbacks":null,"errbacks":null,"chain":null,"chord":null}'
-
-
-def task_headers(
-    task_id: str, *, task: str | None = TASK_NAME, argsrepr: str = "(hand-built)"
-) -> dict[str, Any]:
-    """Return Celery protocol 2 headers, without a task name when ``task`` is None."""
-    headers: dict[str, Any] = {
-        "lang": "py",
-        "id": task_id,
-        "root_id": task_id,
-        "parent_id": None,
-        "group": None,
-        "retries": 0,
-        "eta": None,
-        "expires": None,
-        "timelimit": [None, None],
-        "argsrepr": argsrepr,
-        "kwargsrepr": "{}",
-        "origin": "reliability-producer",
-    }
-    if task is not None:
-        headers["task"] = task
-    return headers
-
-
-def envelope(
-    queue: str,
-    body: bytes,
-    headers: dict[str, Any],
-    *,
-    content_type: str = "application/json",
-) -> str:
-    """Return the envelope text of one message whose body is ``body`` as given."""
-    return json.dumps(
-        {
-            "body": base64.b64encode(body).decode("ascii"),
-            "content-type": content_type,
-            "content-encoding": "utf-8" if content_type.endswith("json") else "binary",
-            "headers": headers,
-            "properties": {
-                "correlation_id": headers.get("id"),
-                "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": queue},
-                "priority": 0,
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-            },
-        }
-    )
-
-
-def task_envelope(
-    queue: str, args_json: str, *, kwargs_json: str = "{}", task_id: str | None = None
-) -> str:
-    """Return the envelope of a ``webhook_step.execute`` message with these args."""
-    body = f"[{args_json},{kwargs_json},{EMBED_JSON}]"
-    headers = task_headers(task_id or str(uuid.uuid4()))
-    return envelope(queue, body.encode("utf-8"), headers)
+from worker.message import (  # noqa: F401 (re-exported for the tests)
+    EMBED_JSON,
+    TASK_NAME,
+    envelope,
+    task_envelope,
+    task_headers,
+)
 
 
 def push_envelopes(

@@ -28,6 +28,8 @@ import redis
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
+from worker.message import task_envelope
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENV_PREFIX = "WEBHOOK_WORKER_"
 TASK_NAME = "webhook_step.execute"
@@ -376,42 +378,18 @@ def publish_task_message(
 def task_message_text(queue: str, args_json: str) -> tuple[str, str]:
     """Return the task id and the kombu Redis envelope of one task message.
 
-    The envelope is what kombu's Redis transport stores in the queue list, so
     ``LPUSH <queue> <envelope>`` enqueues the task without a kombu producer.
     ``args_json`` is the JSON text of the argument list, used unchanged.
     """
     task_id = str(uuid.uuid4())
-    embed = '{"callbacks":null,"errbacks":null,"chain":null,"chord":null}'
-    body = f"[{args_json},{{}},{embed}]"
-    envelope = {
-        "body": base64.b64encode(body.encode("utf-8")).decode("ascii"),
-        "content-type": "application/json",
-        "content-encoding": "utf-8",
-        "headers": {
-            "lang": "py",
-            "task": TASK_NAME,
-            "id": task_id,
-            "root_id": task_id,
-            "parent_id": None,
-            "group": None,
-            "retries": 0,
-            "eta": None,
-            "expires": None,
-            "timelimit": [None, None],
-            "argsrepr": "(sent by the bulk producer)",
-            "kwargsrepr": "{}",
-            "origin": "bulk-producer",
-        },
-        "properties": {
-            "correlation_id": task_id,
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
-        },
-    }
-    return task_id, json.dumps(envelope)
+    text = task_envelope(
+        queue,
+        args_json,
+        task_id=task_id,
+        argsrepr="(sent by the bulk producer)",
+        origin="bulk-producer",
+    )
+    return task_id, text
 
 
 def push_task_messages(

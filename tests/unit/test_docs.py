@@ -29,3 +29,18 @@ def test_readme_message_body_is_the_shown_job() -> None:
     assert decoded == shown_body
     assert message["headers"]["task"] == "webhook_step.execute"
     assert message["properties"]["delivery_info"]["routing_key"] == "webhook_steps"
+
+
+def test_task_envelope_matches_readme_shape() -> None:
+    from worker.message import task_envelope
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = json.loads(re.findall(r"```json\n(.*?)```", readme, flags=re.DOTALL)[0])
+    built = json.loads(task_envelope("webhook_steps", '[{"JobId":"j-1"}]'))
+
+    body = json.loads(base64.b64decode(built["body"]))
+    assert set(built) == set(shown)
+    assert set(built["headers"]) >= set(shown["headers"]) - {"root_id"}
+    assert built["properties"]["delivery_info"] == shown["properties"]["delivery_info"]
+    assert body[0] == [{"JobId": "j-1"}]
+    assert body[1] == {}
