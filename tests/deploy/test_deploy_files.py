@@ -48,6 +48,8 @@ METRICS = {
     "webhook_step_jobs_waiting_countdown",
     "webhook_step_queue_length",
     "webhook_step_dead_letters_total",
+    "webhook_step_circuit_open_total",
+    "webhook_step_throttled_total",
 }
 ALERTS = {
     "WebhookStepQueueGrowing",
