@@ -53,6 +53,17 @@ app.conf.update(
     # after 100 attempts and stops the worker.
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,
+    # A retry or save-delay message is published while the job's own message
+    # is still held. Keep trying for about 15 s, long enough for a Sentinel
+    # failover: after a failover the held message may be gone from the new
+    # master, and the published copy is then the only one left.
+    task_publish_retry=True,
+    task_publish_retry_policy={
+        "max_retries": 10,
+        "interval_start": 0.5,
+        "interval_step": 0.5,
+        "interval_max": 2.0,
+    },
     worker_consumer="worker.poison:DeadLetterConsumer",
     broker_transport_options={
         "visibility_timeout": _settings.visibility_timeout_s,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, NoReturn
 
 import redis
@@ -16,6 +17,10 @@ from worker.step import PROGRESS_KEY, DeadLettered, Reschedule
 
 log = structlog.get_logger(__name__)
 
+# How long a worker thread keeps trying to publish a retry while the broker
+# is unreachable, and the pause between tries.
+REPUBLISH_WINDOW_S = 20.0
+REPUBLISH_PAUSE_S = 1.0
 # Seconds before a job whose Redis calls failed is tried again.
 REDIS_RETRY_S = 5.0
 
@@ -26,23 +31,31 @@ def _reschedule(
     """Publish the task again after ``countdown_s``; always raises.
 
     When the new message cannot be sent (the broker is down), Celery rejects
-    the current one without requeueing and the job would be lost. Requeueing
-    keeps it: Redis hands it out again, at the latest after the visibility
-    timeout.
+    the current one without requeueing and the job would be lost. So the
+    publish is tried again for up to REPUBLISH_WINDOW_S: after a Sentinel
+    failover the current message may be missing on the new master, and only a
+    published copy keeps the job. This waits in the worker thread, but only
+    while the broker is unreachable. After that the message is requeued, and
+    Redis hands it out again at the latest after the visibility timeout.
     """
-    try:
-        raise task.retry(
-            countdown=countdown_s, argsrepr=summary, kwargsrepr="{}", **options
-        )
-    except Reject as rejection:
-        if rejection.requeue:
-            raise
-        log.error(
-            "job.reschedule_failed",
-            error=str(rejection.reason),
-            action="job requeued unchanged",
-        )
-        raise Reject(rejection.reason, requeue=True) from None
+    deadline = time.monotonic() + REPUBLISH_WINDOW_S
+    while True:
+        try:
+            raise task.retry(
+                countdown=countdown_s, argsrepr=summary, kwargsrepr="{}", **options
+            )
+        except Reject as rejection:
+            if rejection.requeue:
+                raise
+            if time.monotonic() < deadline:
+                time.sleep(REPUBLISH_PAUSE_S)
+                continue
+            log.error(
+                "job.reschedule_failed",
+                error=str(rejection.reason),
+                action="job requeued unchanged",
+            )
+            raise Reject(rejection.reason, requeue=True) from None
 
 
 @app.task(
