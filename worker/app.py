@@ -41,7 +41,7 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     # The task turns every error into a result, a retry or a requeue, so a task
-    # failure means a bug; do not acknowledge its message as if it had run.
+    # failure means a bug. Its message must not be acknowledged as if it had run.
     task_acks_on_failure_or_timeout=False,
     # Reserve one message per thread, so idle workers get the next jobs.
     worker_prefetch_multiplier=1,

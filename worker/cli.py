@@ -47,7 +47,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         *args.celery_args,
     ]
     # app.start, unlike app.worker_main, returns the worker's exit code, so a
-    # supervisor sees a failure as one.
+    # supervisor can detect a failed worker.
     code = app.start(argv)
     return int(code or 0)
 

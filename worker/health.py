@@ -89,7 +89,7 @@ class HealthBeat(bootsteps.StartStopStep):  # type: ignore[misc]
             self.client.ping()
             write_beat(self.path)
         except Exception as error:
-            # One line per outage; the stale file tells the probe the rest.
+            # One line per outage. The stale file reports the rest to the probe.
             if not self.failing:
                 log.warning(
                     "health.beat_failed", error=f"{type(error).__name__}: {error}"

@@ -104,8 +104,8 @@ def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
-    # Celery logs "received", "succeeded" and "retry" for every task at INFO;
-    # job.finished and job.rescheduled say the same with the job's ids, so
+    # Celery logs "received", "succeeded" and "retry" for every task at INFO.
+    # job.finished and job.rescheduled record the same with the job's ids, so
     # only Celery's warnings and errors about tasks are kept.
     for name in ("celery.worker.strategy", "celery.app.trace"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

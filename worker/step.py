@@ -86,7 +86,7 @@ RETRY_DELAYS_S = (1.0, 5.0, 15.0)
 MAX_RETRY_DELAY_S = 60.0
 MAX_ATTEMPTS = len(RETRY_DELAYS_S) + 1
 LEASE_MARGIN_S = 5.0
-# Longest wait before a copy of a job whose lease is held looks again.
+# Maximum wait before a copy of a job whose lease is held checks again.
 LEASE_RECHECK_S = 2.0
 # Token of the call lease this thread holds; publishing releases it.
 _lease_in_use: contextvars.ContextVar[str] = contextvars.ContextVar(
@@ -100,7 +100,7 @@ PROGRESS_KEY = "_progress"
 
 @dataclass(frozen=True)
 class Progress:
-    """What earlier deliveries of this job did, carried in the worker's own messages."""
+    """Record of earlier deliveries of this job, carried in the worker's messages."""
 
     attempts: int = 0
     delayed: bool = False

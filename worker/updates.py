@@ -276,7 +276,7 @@ def remove_step_errors(order: dict[str, Any], reference_id: str) -> bool:
 def add_step_error(
     order: dict[str, Any], message: str, severity: str, reference_id: str, occurred: str
 ) -> None:
-    """Append an error entry that says why the step failed."""
+    """Append an error entry that gives the reason the step failed."""
     entry = {
         _entry_field(order, "Key"): STEP_ERROR_KEY,
         _entry_field(order, "Message"): message,

@@ -53,7 +53,7 @@ def safe_url(url: str) -> str:
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Return the delay in seconds that a Retry-After header asks for, or None."""
+    """Return the delay in seconds that a Retry-After header requests, or None."""
     if not value:
         return None
     text = value.strip()
@@ -92,7 +92,7 @@ class FormResponse:
 
 @dataclass(frozen=True)
 class WebhookResponse:
-    """A 2xx answer: the status and the parsed body (None for an empty body or null)."""
+    """A 2xx response: the status and the parsed body (None for empty or null)."""
 
     status: int
     body: dict[str, Any] | None
