@@ -9,6 +9,7 @@ import structlog
 from celery import Celery, signals
 
 from worker import jsontext, metrics
+from worker.broker_transport import transport_for
 from worker.celery_output import install_log_filters
 from worker.health import HealthBeat
 from worker.logs import configure_logging
@@ -29,6 +30,9 @@ app = Celery(
     "webhook_step_worker", broker=_settings.broker_url, include=["worker.tasks"]
 )
 app.conf.update(
+    # kombu's Redis transport, except that a message fetched during a broker
+    # outage is kept instead of dropped; see worker/broker_transport.py.
+    broker_transport=transport_for(_settings.broker_url),
     # JSON only: pickle would let a queue writer run code in the worker.
     task_serializer="json",
     result_serializer="json",
@@ -78,8 +82,8 @@ app.conf.update(
     worker_concurrency=_settings.concurrency,
     worker_hijack_root_logger=False,
     # Task events let Flower show jobs; arguments appear only as a redacted summary.
-    worker_send_task_events=True,
-    task_send_sent_event=True,
+    worker_send_task_events=_settings.task_events,
+    task_send_sent_event=_settings.task_events,
 )
 # Sentinel's master name and TLS for sentinel:// and rediss:// broker URLs.
 _redis_options = broker_options(_settings)

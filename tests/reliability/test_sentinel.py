@@ -166,6 +166,7 @@ def test_sentinel_failover(
         r for r in records if r.get("event") == "result.replication_unconfirmed"
     ]
     requeued = [r for r in records if r.get("event") == "job.reschedule_failed"]
+    recorded_late = [r for r in records if r.get("event") == "delivery.recorded"]
     print(
         f"\nsentinel failover (RESULT_WAIT_REPLICAS={wait_replicas}): jobs {JOBS}, "
         f"results before kill {len(seen_before)}, replica promoted after "
@@ -173,7 +174,8 @@ def test_sentinel_failover(
         f"jobs the new master held {len(held)}, results {len(counts)}, duplicates "
         f"{duplicates(counts)}, lost {len(lost)}, results seen on the old master "
         f"and missing on the new one {len(vanished)}, webhook calls {calls}, "
-        f"requeued after a failed publish {len(requeued)}, unconfirmed WAITs "
+        f"requeued after a failed publish {len(requeued)}, deliveries recorded "
+        f"after a retry {len(recorded_late)}, unconfirmed WAITs "
         f"{len(unconfirmed)}, all done {all_done_s:.1f} s after submit and "
         f"{recovery_s:.1f} s after the kill"
     )
