@@ -339,6 +339,7 @@ class Bench:
             self.work_dir / "tenants",
             pool,
             concurrency,
+            task_events=self.options.task_events,
         )
         return {"raw": raw, "plain": plain, "worker": worker}
 
@@ -614,6 +615,7 @@ def run_benchmark(options: argparse.Namespace, work_dir: Path) -> dict[str, Any]
     lines = [
         f"{options.jobs} jobs per run, {options.rounds} rounds (medians shown), "
         f"concurrency {options.concurrency}; ratio r = to raw, p = to plain Celery",
+        f"worker task events: {'on' if options.task_events else 'off'}",
         "",
         *print_table(figures),
         "",
@@ -685,6 +687,14 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=(
             "with --py-spy, sample every thread, also waiting ones "
             "(default: only the thread that holds the GIL)"
+        ),
+    )
+    parser.add_argument(
+        "--task-events",
+        action="store_true",
+        help=(
+            "let the worker send Celery task events, as it does by default "
+            "(off here, because plain Celery sends none)"
         ),
     )
     parser.add_argument(

@@ -257,6 +257,8 @@ class ThisWorker(QueueSystem):
         config_dir: Path,
         pool: str,
         concurrency: int,
+        *,
+        task_events: bool,
     ) -> None:
         super().__init__(client, work_dir)
         names = WorkerNames(
@@ -278,6 +280,7 @@ class ThisWorker(QueueSystem):
             concurrency=concurrency,
             extra_env={
                 "WEBHOOK_WORKER_HEALTH_FILE": str(work_dir / "worker.health"),
+                "WEBHOOK_WORKER_TASK_EVENTS": "true" if task_events else "false",
             },
             extra_args=["-n", "bench-worker@%h"],
         )

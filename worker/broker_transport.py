@@ -1,4 +1,4 @@
-"""kombu's Redis transports, changed so a broker failure does not drop a fetched message.
+"""kombu's Redis transports, changed to keep a fetched message when the broker fails.
 
 kombu takes a message off the queue with ``BRPOP`` and then, in a second
 command, records it as unacknowledged. When that second command fails, because
