@@ -322,6 +322,9 @@ class StepRunner:
             )
             return self._publish(job.job_id, result, job_fingerprint)
 
+        # The task's strategy (worker.save_delay) normally sets this delay when
+        # the message arrives. This covers messages it left alone, for example
+        # one whose producer set its own ETA.
         if job.needs_delay and not progress.delayed:
             return Reschedule(
                 SAVE_DELAY_S,

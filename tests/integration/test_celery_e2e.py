@@ -294,14 +294,26 @@ def test_save_delay_frees_slot(
         names=WorkerNames.unique("e2e-one-slot"),
         concurrency=1,
     ) as one_slot:
-        delayed_sent = send(one_slot, delayed)
-        immediate_sent = send(one_slot, immediate)
-        wait_for_entries(
-            client,
-            one_slot.names.result_stream,
-            2,
-            job_ids={delayed_id, immediate_id},
-        )
+        recorder = TaskEventRecorder(client)
+        try:
+            delayed_task = publish_task_message(
+                one_slot.redis_url, one_slot.names.queue, f"[{delayed}]"
+            )
+            delayed_sent = time.time()
+            immediate_sent = send(one_slot, immediate)
+            wait_for_entries(
+                client,
+                one_slot.names.result_stream,
+                2,
+                job_ids={delayed_id, immediate_id},
+            )
+            recorder.wait_for(
+                lambda e: (
+                    e.get("type") == "task-succeeded" and e.get("uuid") == delayed_task
+                )
+            )
+        finally:
+            recorder.close()
 
     by_job = {r.header("Idempotency-Key"): r for r in webhook.requests_to(path)}
     delayed_wait_s = by_job[delayed_id].received_at - delayed_sent
@@ -314,6 +326,15 @@ def test_save_delay_frees_slot(
     assert delay_records[0]["countdown_s"] == 1.0
     assert delay_records[0]["attempts"] == 0
     assert one_slot.records_of("job.rescheduled", immediate_id) == []
+    # The worker holds the delayed job's own message until it is due, so the
+    # job is received once, with its ETA, and never published a second time.
+    received = [
+        event.fields
+        for event in recorder.of_type("task-received")
+        if event.fields.get("uuid") == delayed_task
+    ]
+    assert len(received) == 1
+    assert received[0]["eta"] is not None
 
 
 def test_retry_after_503(
