@@ -9,7 +9,6 @@ step turns ``KeepExistingListItems`` (Tags, Errors, Assets) or
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -207,7 +206,9 @@ def apply_response(
     Raises:
         InvalidUpdate: a writable property has the wrong type; nothing is applied.
     """
-    updated = copy.deepcopy(dict(order))
+    # A shallow copy is enough: every change below replaces a whole top-level
+    # value with a new one, and no nested list or object is changed in place.
+    updated = dict(order)
     if body is None:
         return UpdateOutcome(updated)
     if not isinstance(body, Mapping):

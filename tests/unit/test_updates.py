@@ -478,3 +478,24 @@ def test_response_body_empty(content: bytes) -> None:
     from worker.webhook import _parse_body
 
     assert _parse_body(content, "https://erp.test/hook", 200) is None
+
+
+def test_apply_leaves_order_unchanged() -> None:
+    order = {
+        "Id": 1,
+        "Tags": ["a"],
+        "Errors": [{"Key": "WebhookWorkflowStep", "ReferenceId": "c1"}],
+        "Assets": [{"AssetId": "x", "Name": "old"}],
+        "Properties": [{"Key": "k", "Value": "1"}],
+    }
+    before = copy.deepcopy(order)
+    body = {
+        "Tags": ["b"],
+        "Errors": [{"Key": "Other"}],
+        "Assets": [{"AssetId": "x", "Name": "new"}],
+        "Properties": [{"Key": "k", "Value": "2"}],
+    }
+    outcome = apply_response(order, body)
+    remove_step_errors(outcome.order, "c1")
+    assert order == before
+    assert outcome.order["Tags"] == ["a", "b"]
