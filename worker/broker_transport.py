@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
-from redis.exceptions import ReadOnlyError
+from redis import exceptions as redis_errors
 
 from worker.redis_client import is_sentinel_url
 
@@ -32,6 +32,17 @@ log = structlog.get_logger(__name__)
 RECORD_WINDOW_S = 30.0
 _FIRST_PAUSE_S = 0.1
 _MAX_PAUSE_S = 1.0
+# Errors that mean the broker cannot take writes for now. A replica that a
+# failover demoted rejects writes with READONLY, and a full Redis with OOM.
+# kombu's own list of connection errors also has KeyError and OSError, which
+# a malformed message raises too, so it is not used here.
+_OUTAGE_ERRORS = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+    redis_errors.ReadOnlyError,
+    redis_errors.OutOfMemoryError,
+)
 
 
 class RecordingQoS(kombu_redis.QoS):
@@ -40,8 +51,6 @@ class RecordingQoS(kombu_redis.QoS):
     record_window_s = RECORD_WINDOW_S
 
     def append(self, message: Any, delivery_tag: str) -> None:
-        # A replica that a failover demoted rejects writes with a READONLY error.
-        retried = (*self.channel.connection_errors, ReadOnlyError)
         deadline = time.monotonic() + self.record_window_s
         pause = _FIRST_PAUSE_S
         attempts = 0
@@ -49,37 +58,62 @@ class RecordingQoS(kombu_redis.QoS):
             attempts += 1
             try:
                 super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
-            except retried as exc:
+            except _OUTAGE_ERRORS as exc:
+                error = f"{type(exc).__name__}: {exc}"
                 if attempts == 1:
                     log.warning(
                         "delivery.record_retrying",
                         task_id=_task_id(message),
-                        error=f"{type(exc).__name__}: {exc}",
+                        error=error,
                         window_s=self.record_window_s,
                     )
-                if time.monotonic() + pause > deadline:
-                    break
-                time.sleep(pause)
-                pause = min(pause * 2, _MAX_PAUSE_S)
-                continue
-            if attempts > 1:
-                log.info(
-                    "delivery.recorded",
-                    task_id=_task_id(message),
-                    attempts=attempts,
+                if time.monotonic() + pause <= deadline:
+                    time.sleep(pause)
+                    pause = min(pause * 2, _MAX_PAUSE_S)
+                    continue
+                fix = (
+                    "check that the broker is reachable; until this job finishes, "
+                    "only this worker has it"
                 )
+            except Exception as exc:
+                # Not an outage, so waiting would not help. Celery gets the
+                # message and runs or dead-letters it.
+                error = f"{type(exc).__name__}: {exc}"
+                fix = "the message's envelope is malformed; check its producer"
+            else:
+                if attempts > 1:
+                    log.info(
+                        "delivery.recorded",
+                        task_id=_task_id(message),
+                        attempts=attempts,
+                    )
+                return
+            log.error(
+                "delivery.record_failed",
+                task_id=_task_id(message),
+                error=error,
+                attempts=attempts,
+                fix=fix,
+            )
+            # Kept in memory only: the job runs, but if this worker dies before
+            # acknowledging it, no copy is left in Redis to bring it back.
+            virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
             return
-        # Held in memory only: the job runs, but if this worker dies before
-        # acknowledging it, no copy is left in Redis to bring it back.
-        log.error(
-            "delivery.record_failed",
-            task_id=_task_id(message),
-            attempts=attempts,
-            window_s=self.record_window_s,
-            fix="check that the broker is reachable; this job is held by this "
-            "worker alone until it finishes",
-        )
-        virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+
+    def restore_unacked(self, client: Any = None) -> None:
+        transport = self.channel.connection
+        if client is None and getattr(transport, "client", None) is None:
+            # After a lost connection, Celery's cleanup detaches kombu's
+            # connection before it closes this channel, and kombu's restore
+            # would then fail with AttributeError and stop the worker. The
+            # messages stay recorded as unacknowledged in Redis instead.
+            log.warning(
+                "delivery.restore_skipped",
+                held=len(self._delivered),
+                detail="the held jobs come back after VISIBILITY_TIMEOUT_S",
+            )
+            return
+        super().restore_unacked(client)  # type: ignore[no-untyped-call]
 
 
 def _task_id(message: Any) -> str | None:

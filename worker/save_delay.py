@@ -11,6 +11,7 @@ cost a pool slot, a publish and a second delivery per job.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,10 +26,12 @@ from worker.step import PROGRESS_KEY, SAVE_DELAY_S
 
 log = structlog.get_logger(__name__)
 
-# Message header that marks a delivery whose save delay the strategy set.
-# It exists only in this worker's memory. The strategy removes a header of
-# that name that a producer sent.
+# Message header that marks a delivery whose save delay the strategy set. Its
+# value is a random token made when this module is imported, before a prefork
+# pool forks, so a producer cannot forge the mark: Celery also copies fields
+# of the message body's "embed" part into the task request.
 SAVE_DELAY_HEADER = "webhook_step_save_delay"
+_DELAY_MARK = secrets.token_hex(16)
 _MARKER = b"runafterorderissaved"
 
 
@@ -71,6 +74,10 @@ def delayed_job(payload: Any) -> dict[str, Any] | None:
     # job invalid, and the task reports that without waiting.
     if get_any_case(job, "RunBySystemService", True) is not True:
         return None
+    # NOTE: other flaws of the job (a missing TenantId, a wrong SchemaVersion)
+    # are found only when it runs, so such a job gets its Error result after
+    # the one-second wait. A key given in two casings may also be read here
+    # from another spelling than the job parser picks.
     return job
 
 
@@ -105,7 +112,7 @@ def _decoded(message: Any) -> Any:
 def _set_delay(headers: dict[str, Any], job: dict[str, Any]) -> None:
     due = datetime.now(UTC) + timedelta(seconds=SAVE_DELAY_S)
     headers["eta"] = due.isoformat()
-    headers[SAVE_DELAY_HEADER] = True
+    headers[SAVE_DELAY_HEADER] = _DELAY_MARK
     job_id = usable_job_id(job)
     identity = JobIdentity.salvage(job, job_id) if job_id else None
     # This runs in the consumer thread, so the ids go on the line itself
@@ -128,3 +135,16 @@ def with_delay_done(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     marked = dict(progress) if isinstance(progress, Mapping) else {}
     marked["delayed"] = True
     return {**kwargs, PROGRESS_KEY: marked}
+
+
+def delay_was_set(request: Any) -> bool:
+    """Return True when this worker's strategy set the save delay of ``request``.
+
+    The mark is removed from the request, so a retry that Celery builds from
+    the request does not carry it into Redis.
+    """
+    mark = request.get(SAVE_DELAY_HEADER)
+    headers = getattr(request, "headers", None)
+    if isinstance(headers, dict):
+        headers.pop(SAVE_DELAY_HEADER, None)
+    return isinstance(mark, str) and secrets.compare_digest(mark, _DELAY_MARK)

@@ -13,7 +13,7 @@ from celery.exceptions import Reject, Retry
 from worker.app import TASK_NAME, app
 from worker.job import summarize
 from worker.runtime import get_runner
-from worker.save_delay import SAVE_DELAY_HEADER, with_delay_done
+from worker.save_delay import delay_was_set, with_delay_done
 from worker.step import PROGRESS_KEY, DeadLettered, Reschedule
 
 log = structlog.get_logger(__name__)
@@ -72,7 +72,7 @@ def execute(self: Task, *args: Any, **kwargs: Any) -> str | None:
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(task_id=self.request.id)
     summary = summarize(args[0] if args else None)
-    if self.request.get(SAVE_DELAY_HEADER):
+    if delay_was_set(self.request):
         # The worker held this delivery for the save delay when it arrived.
         kwargs = with_delay_done(kwargs)
     try:

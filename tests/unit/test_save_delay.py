@@ -5,9 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from celery.app.task import Context
 
 from worker import jsontext
-from worker.save_delay import delayed_job, mentions_delay, with_delay_done
+from worker.save_delay import (
+    SAVE_DELAY_HEADER,
+    _set_delay,
+    delay_was_set,
+    delayed_job,
+    mentions_delay,
+    with_delay_done,
+)
 from worker.step import PROGRESS_KEY
 
 
@@ -86,3 +94,17 @@ def test_delay_done_keeps_progress() -> None:
 
 def test_delay_done_without_progress() -> None:
     assert with_delay_done({}) == {PROGRESS_KEY: {"delayed": True}}
+
+
+def test_forged_mark_ignored() -> None:
+    request = Context({SAVE_DELAY_HEADER: "guessed", "headers": {}})
+    assert delay_was_set(request) is False
+
+
+def test_mark_read_and_removed() -> None:
+    headers: dict[str, Any] = {"id": "t-1"}
+    job = payload({"RunAfterOrderIsSaved": True})[0][0]
+    _set_delay(headers, job)
+    request = Context({**headers, "headers": dict(headers)})
+    assert delay_was_set(request) is True
+    assert SAVE_DELAY_HEADER not in request.headers

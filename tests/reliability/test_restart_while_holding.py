@@ -1,0 +1,131 @@
+"""Redis restarts while an idle worker keeps delayed jobs it has not run yet.
+
+The worker keeps each RunAfterOrderIsSaved job's message unacknowledged for the
+one-second save delay and meanwhile waits on an empty queue. Redis then stops
+for a few seconds and starts again with its append-only file. The worker must
+reconnect and give every held job exactly one result, as after any outage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.common import (
+    args_json,
+    duplicates,
+    job,
+    result_counts,
+    wait_until,
+    write_tenant,
+)
+from tests.support.raw_messages import push_envelopes, task_envelope
+from tests.support.redis_server import RedisServer
+from tests.support.webhook_server import Reply, running_server
+from tests.support.worker_process import WorkerNames, running_worker
+
+pytestmark = pytest.mark.reliability
+
+JOBS = 20
+OUTAGE_S = 3.0
+VISIBILITY_TIMEOUT_S = 51
+# Jobs that kombu cannot requeue while Redis is down come back after the
+# visibility timeout and the next restore scan (every 10 s, set in worker/app.py).
+RECOVERY_TIMEOUT_S = VISIBILITY_TIMEOUT_S + 30.0
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory, appendonly=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_restart_with_delayed_jobs_waiting(
+    private_redis: RedisServer, config_dir: Path, tmp_path: Path
+) -> None:
+    names = WorkerNames.unique("held-restart")
+    extra_env = {
+        "WEBHOOK_WORKER_MAX_RETRY_DELAY_S": "5",
+        "WEBHOOK_WORKER_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
+    }
+    client = private_redis.client()
+    job_ids = [f"held-{index:03d}" for index in range(JOBS)]
+    with running_server() as webhook:
+        webhook.route("/hook", lambda _request: Reply.json("{}"))
+        write_tenant(config_dir, webhook.url("/hook"))
+        with running_worker(
+            redis_url=private_redis.url,
+            config_dir=config_dir,
+            log_path=tmp_path / "worker.log",
+            names=names,
+            concurrency=4,
+            extra_env=extra_env,
+        ) as worker:
+            envelopes = [
+                task_envelope(names.queue, args_json(job(job_id, delayed=True)))
+                for job_id in job_ids
+            ]
+            push_envelopes(client, names.queue, envelopes)
+            all_waiting, _ = wait_until(
+                lambda: (
+                    sum(
+                        record.get("event") == "job.rescheduled"
+                        for record in worker.log_records()
+                    )
+                    >= JOBS
+                ),
+                timeout_s=10,
+                interval_s=0.02,
+            )
+            assert all_waiting, (
+                f"the jobs never reached the save delay:\n{worker.log_tail()}"
+            )
+
+            private_redis.stop()
+            time.sleep(OUTAGE_S)
+            private_redis.start()
+            client = private_redis.client()
+
+            reconnected, _ = wait_until(
+                lambda: (
+                    any(
+                        record.get("event") == "broker.reconnected"
+                        for record in worker.log_records()
+                    )
+                    or worker.process is None
+                    or worker.process.poll() is not None
+                ),
+                timeout_s=30,
+                interval_s=0.2,
+            )
+            assert worker.process is not None
+            exit_code = worker.process.poll()
+            critical = [
+                record.get("event")
+                for record in worker.log_records()
+                if record.get("level") == "critical"
+            ]
+            assert exit_code is None, (
+                f"the worker exited with code {exit_code} after the restart: {critical}"
+            )
+            assert reconnected, f"no broker.reconnected line:\n{worker.log_tail()}"
+
+            finished, _ = wait_until(
+                lambda: set(job_ids) <= set(result_counts(client, names.result_stream)),
+                timeout_s=RECOVERY_TIMEOUT_S,
+                interval_s=0.5,
+            )
+            counts = result_counts(client, names.result_stream)
+
+    missing = sorted(set(job_ids) - set(counts))
+    assert finished, f"no result for {len(missing)} held jobs: {missing[:10]}"
+    assert duplicates(counts) == 0
