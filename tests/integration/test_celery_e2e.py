@@ -326,7 +326,7 @@ def test_save_delay_frees_slot(
     assert delay_records[0]["countdown_s"] == 1.0
     assert delay_records[0]["attempts"] == 0
     assert one_slot.records_of("job.rescheduled", immediate_id) == []
-    # The worker holds the delayed job's own message until it is due, so the
+    # The worker keeps the delayed job's own message until it is due, so the
     # job is received once, with its ETA, and never published a second time.
     received = [
         event.fields
