@@ -8,6 +8,11 @@ records and from the worker. These transports retry the record until a master
 takes it, for up to ``RECORD_WINDOW_S``, and then hand the message to Celery
 either way, so the job runs.
 
+After a lost connection, Celery detaches kombu's connection from the old
+channel while jobs fetched on it may still run. kombu would then fail on their
+acknowledgement with AttributeError and stop the worker. These transports
+settle such a job through a new connection made with the same settings.
+
 ``broker_transport`` in ``worker.app`` selects them for ``redis://``,
 ``rediss://`` and ``sentinel://`` broker URLs.
 """
@@ -15,6 +20,8 @@ either way, so the job runs.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
@@ -22,7 +29,9 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from redis import exceptions as redis_errors
 
+from worker.job import usable_job_id
 from worker.redis_client import is_sentinel_url
+from worker.results import JobIdentity
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +41,10 @@ log = structlog.get_logger(__name__)
 RECORD_WINDOW_S = 30.0
 _FIRST_PAUSE_S = 0.1
 _MAX_PAUSE_S = 1.0
+# Connect and command timeouts of the connection that settles a job fetched
+# on a detached channel. This runs in the consumer's thread, so an
+# unreachable broker must not hold it for long.
+SPARE_TIMEOUT_S = 5.0
 # Errors that mean the broker cannot take writes for now. A replica that a
 # failover demoted rejects writes with READONLY, and a full Redis with OOM.
 # kombu's own list of connection errors also has KeyError and OSError, which
@@ -50,6 +63,12 @@ class RecordingQoS(kombu_redis.QoS):
 
     record_window_s = RECORD_WINDOW_S
 
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)  # type: ignore[no-untyped-call]
+        # kombu's Connection, kept for a spare connection once the channel is
+        # detached from it.
+        self._connection_info = getattr(channel.connection, "client", None)
+
     def append(self, message: Any, delivery_tag: str) -> None:
         deadline = time.monotonic() + self.record_window_s
         pause = _FIRST_PAUSE_S
@@ -63,7 +82,7 @@ class RecordingQoS(kombu_redis.QoS):
                 if attempts == 1:
                     log.warning(
                         "delivery.record_retrying",
-                        task_id=_task_id(message),
+                        **_job_fields(message),
                         error=error,
                         window_s=self.record_window_s,
                     )
@@ -84,13 +103,13 @@ class RecordingQoS(kombu_redis.QoS):
                 if attempts > 1:
                     log.info(
                         "delivery.recorded",
-                        task_id=_task_id(message),
+                        **_job_fields(message),
                         attempts=attempts,
                     )
                 return
             log.error(
                 "delivery.record_failed",
-                task_id=_task_id(message),
+                **_job_fields(message),
                 error=error,
                 attempts=attempts,
                 fix=fix,
@@ -101,8 +120,7 @@ class RecordingQoS(kombu_redis.QoS):
             return
 
     def restore_unacked(self, client: Any = None) -> None:
-        transport = self.channel.connection
-        if client is None and getattr(transport, "client", None) is None:
+        if client is None and self._detached():
             # After a lost connection, Celery's cleanup detaches kombu's
             # connection before it closes this channel, and kombu's restore
             # would then fail with AttributeError and stop the worker. The
@@ -110,10 +128,102 @@ class RecordingQoS(kombu_redis.QoS):
             log.warning(
                 "delivery.restore_skipped",
                 held=len(self._delivered),
-                detail="the held jobs come back after VISIBILITY_TIMEOUT_S",
+                detail=(
+                    "a held job that still runs is acknowledged when it ends; "
+                    "one that was stopped comes back after VISIBILITY_TIMEOUT_S"
+                ),
             )
             return
         super().restore_unacked(client)  # type: ignore[no-untyped-call]
+
+    def ack(self, delivery_tag: str) -> None:
+        if self._detached():
+            self._settle_detached(delivery_tag, requeue=False)
+            return
+        super().ack(delivery_tag)  # type: ignore[no-untyped-call]
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if self._detached():
+            self._settle_detached(delivery_tag, requeue=requeue)
+            return
+        super().reject(delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
+
+    def _detached(self) -> bool:
+        transport = getattr(self.channel, "connection", None)
+        return getattr(transport, "client", None) is None
+
+    def _settle_detached(self, delivery_tag: str, *, requeue: bool) -> None:
+        """Acknowledge or requeue a job fetched on a detached channel.
+
+        Runs in the consumer's thread, where an exception stops the worker,
+        so a failure is logged and the record stays in Redis.
+        """
+        fields = _job_fields(self._delivered.get(delivery_tag))
+        action = "requeue" if requeue else "ack"
+        try:
+            with self._spare_qos() as spare:
+                if requeue:
+                    spare.restore_by_tag(delivery_tag, leftmost=True)
+                else:
+                    spare._remove_from_indices(delivery_tag).execute()
+        except Exception as exc:
+            log.warning(
+                "delivery.settle_failed",
+                **fields,
+                action=action,
+                error=f"{type(exc).__name__}: {exc}",
+                detail=(
+                    "the job stays recorded as unacknowledged and comes back "
+                    "after VISIBILITY_TIMEOUT_S"
+                ),
+                fix="check that the broker is reachable",
+            )
+        else:
+            log.info("delivery.settled_on_new_connection", **fields, action=action)
+        # Drop the message from this channel's memory, because the channel
+        # cannot reach Redis any more.
+        virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+
+    @contextmanager
+    def _spare_qos(self) -> Iterator[Any]:
+        info = self._connection_info
+        if info is None:
+            raise RuntimeError("the channel never had a broker connection")
+        options = dict(info.transport_options or {})
+        options.setdefault("socket_connect_timeout", SPARE_TIMEOUT_S)
+        options.setdefault("socket_timeout", SPARE_TIMEOUT_S)
+        spare = info.clone(transport_options=options)
+        try:
+            yield spare.default_channel.qos
+        finally:
+            spare.release()
+
+
+def _job_fields(message: Any) -> dict[str, Any]:
+    """Return the ids of a message's task and job for a log line.
+
+    These lines come from the consumer's thread, outside any job's log
+    context, so the ids go on each line. Only a failing delivery logs, so
+    the body is decoded only then.
+    """
+    fields: dict[str, Any] = {"task_id": _task_id(message)}
+    try:
+        body = message.payload
+    except Exception:
+        return fields
+    if not isinstance(body, list | tuple) or not body:
+        return fields
+    arguments = body[0]
+    if not isinstance(arguments, list | tuple) or not arguments:
+        return fields
+    job = arguments[0]
+    job_id = usable_job_id(job)
+    if job_id:
+        identity = JobIdentity.salvage(job, job_id)
+        fields.update(
+            job_id=job_id, tenant_id=identity.tenant_id, order_id=identity.order_id
+        )
+    return fields
 
 
 def _task_id(message: Any) -> str | None:

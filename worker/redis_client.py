@@ -1,8 +1,9 @@
 """Redis clients and Celery broker options from the worker's Redis URLs.
 
-Three URL forms are understood, the same ones kombu takes for the broker:
+Three URL forms are understood, the same ones kombu takes for the broker
+(settings reject any other scheme):
 
-- ``redis://[user:password@]host:port/db`` and ``unix://`` paths: plain connections;
+- ``redis://[user:password@]host:port/db``: plain connections;
 - ``rediss://…``: TLS that verifies the server against ``REDIS_CA_FILE`` (the
   system's CA certificates without it), with an optional client certificate;
 - ``sentinel://host:port;sentinel://host:port/db``: Redis Sentinel. The client

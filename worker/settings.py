@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -14,6 +15,8 @@ from worker.errors import ConfigError
 from worker.netguard import AddressPolicy
 
 ENV_PREFIX = "WEBHOOK_WORKER_"
+# URL schemes that both kombu's broker transport and redis-py understand.
+REDIS_SCHEMES = ("redis", "rediss", "sentinel")
 
 
 class WorkerSettings(BaseSettings):
@@ -268,6 +271,26 @@ class WorkerSettings(BaseSettings):
                 ) from None
         return value
 
+    @field_validator("broker_url", "redis_url")
+    @classmethod
+    def _check_redis_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in REDIS_SCHEMES:
+            # Only the scheme is shown: the rest of a URL may hold a password.
+            problem = (
+                f"its scheme {scheme}:// is not supported"
+                if re.fullmatch(r"[a-z][a-z0-9+.-]{0,20}", scheme)
+                else "it has no URL scheme"
+            )
+            raise ValueError(
+                f"{problem}; use redis://host:port/db, "
+                "rediss://host:port/db or sentinel://host:port (Unix sockets "
+                "and other brokers are not supported)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _check_redis_options(self) -> WorkerSettings:
         sentinel_urls = [
@@ -322,7 +345,14 @@ def _describe_problem(item: Any) -> str:
         # passwords included, so only the message names what to fix.
         return str(item["msg"]).removeprefix("Value error, ")
     name = "_".join(str(part) for part in item["loc"]).upper()
-    return f"{ENV_PREFIX}{name}: {item['msg']} (got {item.get('input')!r})"
+    message = str(item["msg"]).removeprefix("Value error, ")
+    if name in _URL_SETTINGS:
+        # A Redis URL can hold a password, so its value is never repeated.
+        return f"{ENV_PREFIX}{name}: {message}"
+    return f"{ENV_PREFIX}{name}: {message} (got {item.get('input')!r})"
+
+
+_URL_SETTINGS = frozenset({"BROKER_URL", "REDIS_URL"})
 
 
 @lru_cache(maxsize=1)

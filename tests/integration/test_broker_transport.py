@@ -4,6 +4,9 @@ kombu records a fetched message as unacknowledged in a command of its own. The
 tests fetch a message from a private redis-server, stop that server, and then
 let the transport record the message, as happens when a master dies between
 the two commands.
+
+A job fetched on a channel that Celery detached after a lost connection is
+acknowledged through a new connection instead of stopping the worker.
 """
 
 from __future__ import annotations
@@ -35,20 +38,33 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
-def fetch_one(connection: Connection) -> tuple[Any, Any]:
+def connect(server: RedisServer) -> Connection:
+    """Return a kombu connection to ``server`` through the worker's transport."""
+    return Connection(server.url, transport=broker_transport.transport_for(server.url))
+
+
+def fetch_one(
+    connection: Connection,
+    body: Any = None,
+    headers: dict[str, Any] | None = None,
+) -> tuple[Any, Any]:
     """Publish one message and take it off the queue, unrecorded."""
     channel = connection.channel()
     producer = connection.Producer(channel)
-    producer.publish({"job": "record-me"}, routing_key=QUEUE, declare=[], retry=False)
+    producer.publish(
+        {"job": "record-me"} if body is None else body,
+        routing_key=QUEUE,
+        declare=[],
+        retry=False,
+        headers=headers,
+    )
     channel.queue_declare(QUEUE)
     payload = channel._get(QUEUE)
     return channel, channel.Message(payload, channel=channel)
 
 
 def test_record_retries_until_broker_returns(own_redis: RedisServer) -> None:
-    connection = Connection(
-        own_redis.url, transport=broker_transport.transport_for(own_redis.url)
-    )
+    connection = connect(own_redis)
     channel, message = fetch_one(connection)
     own_redis.stop()
     restart = threading.Timer(1.0, own_redis.start)
@@ -76,9 +92,7 @@ def test_unrecorded_message_still_delivered(
     own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(broker_transport.RecordingQoS, "record_window_s", 0.5)
-    connection = Connection(
-        own_redis.url, transport=broker_transport.transport_for(own_redis.url)
-    )
+    connection = connect(own_redis)
     channel, message = fetch_one(connection)
     own_redis.stop()
     started = time.monotonic()
@@ -92,6 +106,29 @@ def test_unrecorded_message_still_delivered(
     assert "broker is reachable" in failed[0]["fix"]
     own_redis.start()
     connection.release()
+
+
+def test_delivery_lines_name_the_job(
+    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(broker_transport.RecordingQoS, "record_window_s", 0.3)
+    connection = connect(own_redis)
+    job = {"jobid": "delivery-7", "TenantId": "tenant-7", "Order": {"Id": "O-7"}}
+    channel, message = fetch_one(connection, [[job], {}, {}], {"id": "task-7"})
+    own_redis.stop()
+    with capture_logs() as logs:
+        channel.qos.append(message, message.delivery_tag)
+    own_redis.start()
+    connection.release()
+    assert [entry["event"] for entry in logs] == [
+        "delivery.record_retrying",
+        "delivery.record_failed",
+    ]
+    for entry in logs:
+        assert entry["task_id"] == "task-7"
+        assert entry["job_id"] == "delivery-7"
+        assert entry["tenant_id"] == "tenant-7"
+        assert entry["order_id"] == "O-7"
 
 
 @pytest.mark.parametrize(
@@ -113,3 +150,72 @@ def test_transport_follows_url_scheme(url: str, transport: type) -> None:
 def test_app_uses_recording_transport() -> None:
     with app.connection_for_read() as connection:
         assert isinstance(connection.transport, broker_transport.Transport)
+
+
+def detach_like_celery(connection: Connection, channel: Any) -> None:
+    """Detach ``channel`` from its connection first and close it afterwards.
+
+    This is the order in which Celery's cleanup after a lost connection left
+    a consumer channel in a Sentinel failover run: jobs fetched on it still
+    ran and were acknowledged later.
+    """
+    connection.transport.channels.remove(channel)
+    connection.collect()
+    channel.close()
+
+
+def recorded_message(connection: Connection) -> tuple[Any, Any]:
+    channel, message = fetch_one(connection)
+    channel.qos.append(message, message.delivery_tag)
+    return channel, message
+
+
+def test_detached_ack_uses_new_connection(own_redis: RedisServer) -> None:
+    connection = connect(own_redis)
+    channel, message = recorded_message(connection)
+    client = own_redis.client()
+    assert client.hexists("unacked", message.delivery_tag)
+    with capture_logs() as logs:
+        detach_like_celery(connection, channel)
+        message.ack()
+    assert not client.hexists("unacked", message.delivery_tag)
+    assert client.zscore("unacked_index", message.delivery_tag) is None
+    assert client.llen(QUEUE) == 0
+    events = [entry["event"] for entry in logs]
+    assert events == ["delivery.restore_skipped", "delivery.settled_on_new_connection"]
+
+
+def test_detached_requeue_uses_new_connection(
+    own_redis: RedisServer,
+) -> None:
+    connection = connect(own_redis)
+    channel, message = recorded_message(connection)
+    detach_like_celery(connection, channel)
+    message.reject(requeue=True)
+    client = own_redis.client()
+    assert not client.hexists("unacked", message.delivery_tag)
+    assert client.llen(QUEUE) == 1
+
+
+def test_detached_ack_with_broker_down(tmp_path: Path) -> None:
+    # Append-only, so the record survives the restart below.
+    server = RedisServer(tmp_path, appendonly=True)
+    server.start()
+    try:
+        connection = connect(server)
+        channel, message = recorded_message(connection)
+        detach_like_celery(connection, channel)
+        server.stop()
+        started = time.monotonic()
+        with capture_logs() as logs:
+            message.ack()
+        assert time.monotonic() - started < broker_transport.SPARE_TIMEOUT_S + 2
+        failed = [e for e in logs if e["event"] == "delivery.settle_failed"]
+        assert len(failed) == 1
+        assert failed[0]["action"] == "ack"
+        assert "VISIBILITY_TIMEOUT_S" in failed[0]["detail"]
+        server.start()
+        # The record stays, so the job comes back after the visibility timeout.
+        assert server.client().hexists("unacked", message.delivery_tag)
+    finally:
+        server.stop()

@@ -149,6 +149,8 @@ def test_broker_restart(
             counts = result_counts(client, names.result_stream)
             records = worker.log_records()
             calls = len(webhook.requests_to("/hook"))
+            state = worker.state()
+            diagnosis = worker.diagnosis()
 
     outage_lines = [
         record
@@ -171,7 +173,10 @@ def test_broker_restart(
     assert healthy_before == 0
     assert unhealthy, "health kept exiting 0 while Redis was down"
     assert before <= after_restart, f"lost results: {sorted(before - after_restart)}"
-    assert finished, f"no result for {len(missing)} held jobs: {sorted(missing)[:10]}"
+    assert state == "running", diagnosis
+    assert finished, (
+        f"no result for {len(missing)} held jobs: {sorted(missing)[:10]}\n{diagnosis}"
+    )
     assert not lost, f"Redis lost these jobs at the restart: {sorted(lost)[:10]}"
     assert duplicates(counts) == 0
     assert set(counts) == set(job_ids)

@@ -159,6 +159,8 @@ def test_sentinel_failover(
             counts: Counter[str] = result_counts(client, names.result_stream)
             records = worker.log_records()
             calls = len(webhook.requests_to("/hook"))
+            diagnosis = worker.diagnosis()
+            state = worker.state()
 
     vanished = seen_before - set(counts)
     lost = set(job_ids) - set(counts)
@@ -167,6 +169,9 @@ def test_sentinel_failover(
     ]
     requeued = [r for r in records if r.get("event") == "job.reschedule_failed"]
     recorded_late = [r for r in records if r.get("event") == "delivery.recorded"]
+    settled = [
+        r for r in records if r.get("event") == "delivery.settled_on_new_connection"
+    ]
     print(
         f"\nsentinel failover (RESULT_WAIT_REPLICAS={wait_replicas}): jobs {JOBS}, "
         f"results before kill {len(seen_before)}, replica promoted after "
@@ -175,11 +180,13 @@ def test_sentinel_failover(
         f"{duplicates(counts)}, lost {len(lost)}, results seen on the old master "
         f"and missing on the new one {len(vanished)}, webhook calls {calls}, "
         f"requeued after a failed publish {len(requeued)}, deliveries recorded "
-        f"after a retry {len(recorded_late)}, unconfirmed WAITs "
+        f"after a retry {len(recorded_late)}, acknowledged on a new connection "
+        f"{len(settled)}, unconfirmed WAITs "
         f"{len(unconfirmed)}, all done {all_done_s:.1f} s after submit and "
         f"{recovery_s:.1f} s after the kill"
     )
-    assert finished, f"no result for {len(lost)} jobs: {sorted(lost)[:10]}"
+    assert finished, f"no result for {len(lost)} jobs: {sorted(lost)[:10]}\n{diagnosis}"
+    assert state == "running", diagnosis
     assert not lost
     assert duplicates(counts) == 0
     assert set(counts) == set(job_ids)

@@ -190,6 +190,34 @@ class WorkerProcess:
                 records.append(record)
         return records
 
+    def state(self) -> str:
+        """Return "running", "exited with code N" or "not started"."""
+        if self.process is None:
+            return "not started"
+        code = self.process.poll()
+        return "running" if code is None else f"exited with code {code}"
+
+    def diagnosis(self, lines: int = 30) -> str:
+        """Return the process state and its last warnings, errors and raw lines.
+
+        Meant for a failed test's message. Lines about jobs that went well
+        are left out, so the worker's own trouble stands out.
+        """
+        shown_lines = []
+        for line in self.log_text().splitlines():
+            record: Any = None
+            if line.startswith("{"):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+            if isinstance(record, dict) and record.get("level") in ("debug", "info"):
+                continue
+            if line.strip():
+                shown_lines.append(line[:400])
+        tail = "\n".join(shown_lines[-lines:])
+        return f"worker {self.state()}; its last warnings and errors:\n{tail}"
+
     def records_of(self, event: str, job_id: str) -> list[dict[str, Any]]:
         """Return the log records of one event name for one JobId."""
         return [

@@ -16,7 +16,7 @@ from worker.redis_client import (
     redis_from_url,
     tls_options,
 )
-from worker.settings import WorkerSettings
+from worker.settings import WorkerSettings, load_settings
 
 SENTINELS = "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380"
 
@@ -55,6 +55,38 @@ def test_sentinel_url_invalid(url: str) -> None:
 def test_sentinel_requires_master_name() -> None:
     with pytest.raises(ValidationError, match="SENTINEL_MASTER"):
         WorkerSettings(broker_url=SENTINELS)
+
+
+@pytest.mark.parametrize(
+    ("variable", "url", "expected"),
+    [
+        ("BROKER_URL", "unix://:hunter2@/run/redis.sock", "scheme unix://"),
+        ("BROKER_URL", "redis+socket:///run/redis.sock", "scheme redis+socket://"),
+        ("REDIS_URL", "127.0.0.1:6379", "no URL scheme"),
+        ("REDIS_URL", "amqp://guest:hunter2@127.0.0.1//", "scheme amqp://"),
+    ],
+)
+def test_unsupported_url_scheme(
+    monkeypatch: pytest.MonkeyPatch, variable: str, url: str, expected: str
+) -> None:
+    monkeypatch.setenv(f"WEBHOOK_WORKER_{variable}", url)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert f"WEBHOOK_WORKER_{variable}: " in message
+    assert expected in message
+    assert "redis://host:port/db" in message
+    # The URL may hold a password, so the message never repeats it.
+    assert "hunter2" not in message
+    assert url not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "REDISS://h:6380/1", f"{SENTINELS}/0"]
+)
+def test_supported_url_schemes(url: str) -> None:
+    settings = WorkerSettings(broker_url=url, redis_url=url, sentinel_master="m")
+    assert settings.broker_url == url
 
 
 def test_client_certificate_needs_key(tmp_path: Path) -> None:
