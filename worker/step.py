@@ -654,7 +654,9 @@ class StepRunner:
         )
         return self._publish(job.job_id, result, job_fingerprint, job.secret_values())
 
-    def publish_rejection(self, raw_job: Any, reason: str) -> Finished | None:
+    def publish_rejection(
+        self, raw_job: Any, reason: str, *, log_event: str = "job.invalid"
+    ) -> Finished | None:
         """Publish an Error result, without the order, for a job Celery rejected.
 
         Used for messages that never reach ``run``, such as a body that is not
@@ -672,7 +674,9 @@ class StepRunner:
         existing = self._existing_result(job_id, job_fingerprint)
         if existing is not None:
             return existing
-        return self._finish_invalid(identity, job_fingerprint, reason, _now_ms())
+        return self._finish_invalid(
+            identity, job_fingerprint, reason, _now_ms(), log_event=log_event
+        )
 
     def _existing_result(self, job_id: str, job_fingerprint: str) -> Finished | None:
         if self.store is None:
@@ -696,9 +700,15 @@ class StepRunner:
         return Finished(stored.result_json, published=False)
 
     def _finish_invalid(
-        self, identity: JobIdentity, job_fingerprint: str, reason: str, started_ms: int
+        self,
+        identity: JobIdentity,
+        job_fingerprint: str,
+        reason: str,
+        started_ms: int,
+        *,
+        log_event: str = "job.invalid",
     ) -> Finished:
-        log.warning("job.invalid", error=reason)
+        log.warning(log_event, error=reason)
         result = StepResult(
             identity=identity,
             action_status=ActionStatus.ERROR,

@@ -12,6 +12,9 @@ from celery.exceptions import Reject, Retry
 
 from worker.app import TASK_NAME, app
 from worker.job import summarize
+
+# Importing the module connects its handler to Celery's task_revoked signal.
+from worker.revoked import publish_discarded  # noqa: F401
 from worker.runtime import get_runner
 from worker.save_delay import delay_was_set, with_delay_done
 from worker.step import PROGRESS_KEY, DeadLettered, Reschedule

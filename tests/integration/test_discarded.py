@@ -1,0 +1,133 @@
+"""A job whose message Celery discards still ends with one Error result.
+
+Celery drops a message whose ``expires`` time has passed, and one whose task
+id an operator revoked, without running the task. A real worker takes such
+messages here, and each job must still get its Error result.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import redis
+from celery import Celery
+
+from tests.reliability.common import args_json, job, write_tenant
+from tests.support.redis_server import RedisServer
+from tests.support.webhook_server import Reply, WebhookServer
+from tests.support.worker_process import WorkerNames, running_worker, wait_for_entries
+from worker.message import task_envelope
+from worker.revoked import discard_reason
+
+
+def expiring_envelope(
+    queue: str, document: dict[str, object], expires: datetime
+) -> str:
+    """Return a task envelope whose ``expires`` header is ``expires``."""
+    message = json.loads(task_envelope(queue, args_json(document)))
+    message["headers"]["expires"] = expires.isoformat()
+    return json.dumps(message)
+
+
+def test_expired_jobs_get_error_results(
+    redis_server: RedisServer,
+    config_dir: Path,
+    tmp_path: Path,
+    webhook_server: WebhookServer,
+) -> None:
+    webhook_server.route("/hook", lambda _request: Reply.json("{}"))
+    write_tenant(config_dir, webhook_server.url("/hook"))
+    names = WorkerNames.unique("discard")
+    client = redis.Redis.from_url(redis_server.url)
+    now = datetime.now(UTC)
+    envelopes = [
+        # Expired before it was sent.
+        expiring_envelope(names.queue, job("expired-1"), now - timedelta(minutes=1)),
+        # Expires during its one-second save delay.
+        expiring_envelope(
+            names.queue,
+            job("expired-2", delayed=True),
+            now + timedelta(seconds=0.3),
+        ),
+        # A later expiry does not stop the job.
+        expiring_envelope(names.queue, job("in-time-3"), now + timedelta(hours=1)),
+    ]
+
+    with running_worker(
+        redis_url=redis_server.url,
+        config_dir=config_dir,
+        log_path=tmp_path / "worker.log",
+        names=names,
+    ) as worker:
+        for text in envelopes:
+            client.lpush(names.queue, text)
+        entries = wait_for_entries(client, names.result_stream, 3)
+        records = worker.log_records()
+
+    results = {
+        entry.fields["job_id"]: json.loads(entry.fields["result"]) for entry in entries
+    }
+    assert sorted(results) == ["expired-1", "expired-2", "in-time-3"]
+    for job_id in ("expired-1", "expired-2"):
+        assert results[job_id]["ActionStatus"] == "Error"
+        assert results[job_id]["CancelWorkflow"] is True
+        assert "expired" in results[job_id]["ErrorReason"]
+        assert "send the job again" in results[job_id]["ErrorReason"]
+    assert results["in-time-3"]["ActionStatus"] == "Success"
+    # Only the job in time reached the webhook.
+    assert len(webhook_server.requests_to("/hook")) == 1
+    discarded = [r for r in records if r.get("event") == "job.discarded"]
+    assert sorted(r["job_id"] for r in discarded) == ["expired-1", "expired-2"]
+    for record in discarded:
+        assert record["tenant_id"] == "reliability"
+        assert record["order_id"] == f"ORD-{record['job_id']}"
+
+
+def test_revoked_job_gets_error_result(
+    redis_server: RedisServer,
+    config_dir: Path,
+    tmp_path: Path,
+    webhook_server: WebhookServer,
+) -> None:
+    webhook_server.route("/hook", lambda _request: Reply.json("{}"))
+    write_tenant(config_dir, webhook_server.url("/hook"))
+    names = WorkerNames.unique("revoke")
+    client = redis.Redis.from_url(redis_server.url)
+    control = Celery(broker=redis_server.url)
+    with running_worker(
+        redis_url=redis_server.url,
+        config_dir=config_dir,
+        log_path=tmp_path / "worker.log",
+        names=names,
+    ):
+        # An operator revokes the task id before the message arrives.
+        replies = control.control.revoke(
+            "revoked-task-1", reply=True, timeout=5, limit=1
+        )
+        assert replies, "the worker did not answer the revoke command"
+        client.lpush(
+            names.queue,
+            task_envelope(
+                names.queue, args_json(job("revoked-1")), task_id="revoked-task-1"
+            ),
+        )
+        entries = wait_for_entries(client, names.result_stream, 1)
+    control.close()
+
+    result = json.loads(entries[0].fields["result"])
+    assert result["JobId"] == "revoked-1"
+    assert result["ActionStatus"] == "Error"
+    assert "revoked" in result["ErrorReason"]
+    assert webhook_server.requests_to("/hook") == []
+
+
+def test_discard_reasons_differ() -> None:
+    expired = discard_reason(expired=True, terminated=False, expires="2026-01-01")
+    revoked = discard_reason(expired=False, terminated=False, expires=None)
+    stopped = discard_reason(expired=False, terminated=True, expires=None)
+    assert "2026-01-01" in expired
+    assert "RunAfterOrderIsSaved" in expired
+    assert "before it ran" in revoked
+    assert "while it ran" in stopped

@@ -1,0 +1,95 @@
+"""Error results for jobs that Celery discards without running them.
+
+Celery drops a task message when its ``expires`` time has passed or when an
+operator revoked its task id, and acknowledges the message. No task code runs,
+so the job would end with no result and its workflow would wait forever. The
+handler here publishes an Error result for such a job instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import structlog
+from celery import signals
+
+from worker.job import usable_job_id
+from worker.message import TASK_NAME
+from worker.results import JobIdentity
+from worker.runtime import get_runner
+
+log = structlog.get_logger(__name__)
+
+
+def discard_reason(*, expired: bool, terminated: bool, expires: Any) -> str:
+    """Return the Error result's reason for a discarded job."""
+    if expired:
+        return (
+            f"the job's message expired at {expires} before the worker ran it; "
+            "send the job again with a later expires time, or none. A job with "
+            "RunAfterOrderIsSaved runs one second after it arrives, so its "
+            "expires time must be later than that"
+        )
+    if terminated:
+        return (
+            "an operator revoked the job's task with terminate while it ran; "
+            "send the job again if it must run"
+        )
+    return (
+        "an operator revoked the job's task before it ran; send the job again "
+        "if it must run"
+    )
+
+
+def publish_discarded(
+    sender: Any = None,
+    request: Any = None,
+    terminated: bool = False,
+    expired: bool = False,
+    **_kwargs: Any,
+) -> None:
+    """Publish an Error result for a job that Celery revoked or found expired.
+
+    Runs in the consumer's thread after Celery acknowledged the message. A job
+    that already has a result keeps it, so a job stopped while it ran and then
+    delivered again still ends with one result.
+    """
+    if getattr(sender, "name", None) != TASK_NAME:
+        return
+    args = getattr(request, "args", None)
+    job = args[0] if isinstance(args, list | tuple) and args else None
+    job_id = usable_job_id(job)
+    identity = JobIdentity.salvage(job, job_id) if job_id else None
+    reason = discard_reason(
+        expired=expired,
+        terminated=terminated,
+        expires=getattr(request, "expires", None),
+    )
+    # The consumer's thread serves every job, so the ids are bound only for
+    # the lines of this one.
+    with structlog.contextvars.bound_contextvars(
+        task_id=getattr(request, "id", None),
+        job_id=job_id,
+        tenant_id=identity.tenant_id if identity else None,
+        order_id=identity.order_id if identity else None,
+    ):
+        if job_id is None:
+            log.error(
+                "job.discarded_without_result",
+                reason=reason,
+                detail="the message has no usable JobId, so no result can name it",
+            )
+            return
+        try:
+            get_runner().publish_rejection(job, reason, log_event="job.discarded")
+        except redis.RedisError as error:
+            log.error(
+                "job.discarded_result_failed",
+                error=str(error),
+                fix="Redis was unreachable and Celery had already acknowledged "
+                "the message; send the job again",
+            )
+
+
+signals.task_revoked.connect(publish_discarded)
