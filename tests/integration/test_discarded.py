@@ -11,6 +11,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import redis
 from celery import Celery
 
@@ -31,14 +32,17 @@ def expiring_envelope(
     return json.dumps(message)
 
 
-def test_expired_jobs_get_error_results(
-    redis_server: RedisServer,
-    config_dir: Path,
-    tmp_path: Path,
-    webhook_server: WebhookServer,
-) -> None:
+@pytest.fixture
+def hook(config_dir: Path, webhook_server: WebhookServer) -> WebhookServer:
+    """Return the webhook server, with the test tenant's connector pointing at it."""
     webhook_server.route("/hook", lambda _request: Reply.json("{}"))
     write_tenant(config_dir, webhook_server.url("/hook"))
+    return webhook_server
+
+
+def test_expired_jobs_get_error_results(
+    redis_server: RedisServer, config_dir: Path, tmp_path: Path, hook: WebhookServer
+) -> None:
     names = WorkerNames.unique("discard")
     client = redis.Redis.from_url(redis_server.url)
     now = datetime.now(UTC)
@@ -77,7 +81,7 @@ def test_expired_jobs_get_error_results(
         assert "send the job again" in results[job_id]["ErrorReason"]
     assert results["in-time-3"]["ActionStatus"] == "Success"
     # Only the job in time reached the webhook.
-    assert len(webhook_server.requests_to("/hook")) == 1
+    assert len(hook.requests_to("/hook")) == 1
     discarded = [r for r in records if r.get("event") == "job.discarded"]
     assert sorted(r["job_id"] for r in discarded) == ["expired-1", "expired-2"]
     for record in discarded:
@@ -86,13 +90,8 @@ def test_expired_jobs_get_error_results(
 
 
 def test_revoked_job_gets_error_result(
-    redis_server: RedisServer,
-    config_dir: Path,
-    tmp_path: Path,
-    webhook_server: WebhookServer,
+    redis_server: RedisServer, config_dir: Path, tmp_path: Path, hook: WebhookServer
 ) -> None:
-    webhook_server.route("/hook", lambda _request: Reply.json("{}"))
-    write_tenant(config_dir, webhook_server.url("/hook"))
     names = WorkerNames.unique("revoke")
     client = redis.Redis.from_url(redis_server.url)
     control = Celery(broker=redis_server.url)
@@ -120,7 +119,7 @@ def test_revoked_job_gets_error_result(
     assert result["JobId"] == "revoked-1"
     assert result["ActionStatus"] == "Error"
     assert "revoked" in result["ErrorReason"]
-    assert webhook_server.requests_to("/hook") == []
+    assert hook.requests_to("/hook") == []
 
 
 def test_discard_reasons_differ() -> None:
