@@ -11,7 +11,8 @@ either way, so the job runs.
 After a lost connection, Celery detaches kombu's connection from the old
 channel while jobs fetched on it may still run. kombu would then fail on their
 acknowledgement with AttributeError and stop the worker. These transports
-settle such a job through a new connection made with the same settings.
+settle such a job through a new connection made with the same settings, and
+put the jobs that were waiting, not running, back on the queue the same way.
 
 ``broker_transport`` in ``worker.app`` selects them for ``redis://``,
 ``rediss://`` and ``sentinel://`` broker URLs.
@@ -19,12 +20,14 @@ settle such a job through a new connection made with the same settings.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import structlog
+from celery.worker.state import active_requests
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from redis import exceptions as redis_errors
@@ -41,6 +44,9 @@ log = structlog.get_logger(__name__)
 RECORD_WINDOW_S = 30.0
 _FIRST_PAUSE_S = 0.1
 _MAX_PAUSE_S = 1.0
+# How long to retry putting held jobs back on the queue after a lost
+# connection. After that they come back after the visibility timeout.
+RESTORE_WINDOW_S = 120.0
 # Connect and command timeouts of the connection that settles a job fetched
 # on a detached channel. This runs in the consumer's thread, so an
 # unreachable broker must not hold it for long.
@@ -62,6 +68,7 @@ class RecordingQoS(kombu_redis.QoS):
     """Records each delivered message as unacknowledged, retrying through outages."""
 
     record_window_s = RECORD_WINDOW_S
+    restore_window_s = RESTORE_WINDOW_S
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)  # type: ignore[no-untyped-call]
@@ -123,18 +130,60 @@ class RecordingQoS(kombu_redis.QoS):
         if client is None and self._detached():
             # After a lost connection, Celery's cleanup detaches kombu's
             # connection before it closes this channel, and kombu's restore
-            # would then fail with AttributeError and stop the worker. The
-            # messages stay recorded as unacknowledged in Redis instead.
-            log.warning(
-                "delivery.restore_skipped",
-                held=len(self._delivered),
-                detail=(
-                    "a held job that still runs is acknowledged when it ends; "
-                    "one that was stopped comes back after VISIBILITY_TIMEOUT_S"
-                ),
-            )
+            # would then fail with AttributeError and stop the worker.
+            self._restore_detached()
             return
         super().restore_unacked(client)  # type: ignore[no-untyped-call]
+
+    def _restore_detached(self) -> None:
+        """Put the held jobs that are not running back on the queue, in a thread.
+
+        A running job settles itself through ``_settle_detached`` when it
+        ends. The others, waiting on a countdown or the save delay, were
+        dropped from Celery's memory, so only their records in Redis are left.
+        The broker is usually down at this moment, so a thread retries.
+        """
+        running = _running_tags()
+        waiting = [tag for tag in self._delivered if tag not in running]
+        log.warning(
+            "delivery.restore_deferred",
+            waiting=len(waiting),
+            running=len(self._delivered) - len(waiting),
+            window_s=self.restore_window_s,
+        )
+        if waiting:
+            threading.Thread(
+                target=self._restore_with_retries,
+                args=(waiting,),
+                name="webhook-step-restore",
+                daemon=True,
+            ).start()
+
+    def _restore_with_retries(self, tags: list[str]) -> None:
+        deadline = time.monotonic() + self.restore_window_s
+        pause = _FIRST_PAUSE_S
+        while True:
+            try:
+                with self._spare_qos() as spare:
+                    # A tag that is no longer recorded, because its job was
+                    # acknowledged or restored already, is skipped by kombu.
+                    for tag in tags:
+                        spare.restore_by_tag(tag)
+            except Exception as exc:
+                if time.monotonic() + pause <= deadline:
+                    time.sleep(pause)
+                    pause = min(pause * 2, _MAX_PAUSE_S)
+                    continue
+                log.error(
+                    "delivery.restore_failed",
+                    held=len(tags),
+                    error=f"{type(exc).__name__}: {exc}",
+                    detail="the held jobs come back after VISIBILITY_TIMEOUT_S",
+                    fix="check that the broker is reachable",
+                )
+                return
+            log.info("delivery.restored", held=len(tags))
+            return
 
     def ack(self, delivery_tag: str) -> None:
         if self._detached():
@@ -224,6 +273,16 @@ def _job_fields(message: Any) -> dict[str, Any]:
             job_id=job_id, tenant_id=identity.tenant_id, order_id=identity.order_id
         )
     return fields
+
+
+def _running_tags() -> set[str]:
+    """Return the delivery tags of the jobs that Celery's pool runs now."""
+    tags = set()
+    for request in tuple(active_requests):
+        tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+        if isinstance(tag, str):
+            tags.add(tag)
+    return tags
 
 
 def _task_id(message: Any) -> str | None:

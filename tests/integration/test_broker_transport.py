@@ -14,13 +14,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from celery.worker.state import active_requests
 from kombu import Connection
 from structlog.testing import capture_logs
 
+from tests.reliability.common import wait_until
 from tests.support.redis_server import RedisServer
 from worker import broker_transport
 from worker.app import app
@@ -152,6 +155,24 @@ def test_app_uses_recording_transport() -> None:
         assert isinstance(connection.transport, broker_transport.Transport)
 
 
+class RunningJob:
+    """Stand-in for the Celery request of a job that the pool runs now."""
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+
+
+@contextmanager
+def running(message: Any) -> Iterator[None]:
+    """List ``message`` as a running job in Celery's worker state."""
+    request = RunningJob(message)
+    active_requests.add(request)
+    try:
+        yield
+    finally:
+        active_requests.discard(request)
+
+
 def detach_like_celery(connection: Connection, channel: Any) -> None:
     """Detach ``channel`` from its connection first and close it afterwards.
 
@@ -175,26 +196,52 @@ def test_detached_ack_uses_new_connection(own_redis: RedisServer) -> None:
     channel, message = recorded_message(connection)
     client = own_redis.client()
     assert client.hexists("unacked", message.delivery_tag)
-    with capture_logs() as logs:
+    with capture_logs() as logs, running(message):
         detach_like_celery(connection, channel)
         message.ack()
     assert not client.hexists("unacked", message.delivery_tag)
     assert client.zscore("unacked_index", message.delivery_tag) is None
     assert client.llen(QUEUE) == 0
     events = [entry["event"] for entry in logs]
-    assert events == ["delivery.restore_skipped", "delivery.settled_on_new_connection"]
+    assert events == ["delivery.restore_deferred", "delivery.settled_on_new_connection"]
+    assert logs[0]["running"] == 1
+    assert logs[0]["waiting"] == 0
 
 
-def test_detached_requeue_uses_new_connection(
-    own_redis: RedisServer,
-) -> None:
+def test_detached_requeue_uses_new_connection(own_redis: RedisServer) -> None:
     connection = connect(own_redis)
     channel, message = recorded_message(connection)
-    detach_like_celery(connection, channel)
-    message.reject(requeue=True)
+    with running(message):
+        detach_like_celery(connection, channel)
+        message.reject(requeue=True)
     client = own_redis.client()
     assert not client.hexists("unacked", message.delivery_tag)
     assert client.llen(QUEUE) == 1
+
+
+def test_detached_waiting_job_restored(tmp_path: Path) -> None:
+    # Append-only, so the record survives the restart below.
+    server = RedisServer(tmp_path, appendonly=True)
+    server.start()
+    try:
+        connection = connect(server)
+        channel, message = recorded_message(connection)
+        server.stop()
+        restart = threading.Timer(1.0, server.start)
+        with capture_logs() as logs:
+            detach_like_celery(connection, channel)
+            restart.start()
+            restart.join()
+            client = server.client()
+            restored, _ = wait_until(lambda: client.llen(QUEUE) == 1, timeout_s=15)
+        assert restored, "the waiting job was not put back on the queue"
+        assert not client.hexists("unacked", message.delivery_tag)
+        events = [entry["event"] for entry in logs]
+        assert events[0] == "delivery.restore_deferred"
+        assert logs[0]["waiting"] == 1
+        assert "delivery.restored" in events
+    finally:
+        server.stop()
 
 
 def test_detached_ack_with_broker_down(tmp_path: Path) -> None:
@@ -204,11 +251,12 @@ def test_detached_ack_with_broker_down(tmp_path: Path) -> None:
     try:
         connection = connect(server)
         channel, message = recorded_message(connection)
-        detach_like_celery(connection, channel)
-        server.stop()
-        started = time.monotonic()
-        with capture_logs() as logs:
-            message.ack()
+        with running(message):
+            detach_like_celery(connection, channel)
+            server.stop()
+            started = time.monotonic()
+            with capture_logs() as logs:
+                message.ack()
         assert time.monotonic() - started < broker_transport.SPARE_TIMEOUT_S + 2
         failed = [e for e in logs if e["event"] == "delivery.settle_failed"]
         assert len(failed) == 1
