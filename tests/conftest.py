@@ -39,3 +39,16 @@ def config_dir(tmp_path: Path) -> Path:
 def webhook_server() -> Iterator[WebhookServer]:
     with running_server() as server:
         yield server
+
+
+@pytest.fixture
+def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """Yield a private append-only redis-server, so its data survives a restart."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory, appendonly=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

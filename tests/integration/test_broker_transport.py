@@ -219,51 +219,41 @@ def test_detached_requeue_uses_new_connection(own_redis: RedisServer) -> None:
     assert client.llen(QUEUE) == 1
 
 
-def test_detached_waiting_job_restored(tmp_path: Path) -> None:
-    # Append-only, so the record survives the restart below.
-    server = RedisServer(tmp_path, appendonly=True)
-    server.start()
-    try:
-        connection = connect(server)
-        channel, message = recorded_message(connection)
+def test_detached_waiting_job_restored(aof_redis: RedisServer) -> None:
+    server = aof_redis
+    connection = connect(server)
+    channel, message = recorded_message(connection)
+    server.stop()
+    restart = threading.Timer(1.0, server.start)
+    with capture_logs() as logs:
+        detach_like_celery(connection, channel)
+        restart.start()
+        restart.join()
+        client = server.client()
+        restored, _ = wait_until(lambda: client.llen(QUEUE) == 1, timeout_s=15)
+    assert restored, "the waiting job was not put back on the queue"
+    assert not client.hexists("unacked", message.delivery_tag)
+    events = [entry["event"] for entry in logs]
+    assert events[0] == "delivery.restore_deferred"
+    assert logs[0]["waiting"] == 1
+    assert "delivery.restored" in events
+
+
+def test_detached_ack_with_broker_down(aof_redis: RedisServer) -> None:
+    server = aof_redis
+    connection = connect(server)
+    channel, message = recorded_message(connection)
+    with running(message):
+        detach_like_celery(connection, channel)
         server.stop()
-        restart = threading.Timer(1.0, server.start)
+        started = time.monotonic()
         with capture_logs() as logs:
-            detach_like_celery(connection, channel)
-            restart.start()
-            restart.join()
-            client = server.client()
-            restored, _ = wait_until(lambda: client.llen(QUEUE) == 1, timeout_s=15)
-        assert restored, "the waiting job was not put back on the queue"
-        assert not client.hexists("unacked", message.delivery_tag)
-        events = [entry["event"] for entry in logs]
-        assert events[0] == "delivery.restore_deferred"
-        assert logs[0]["waiting"] == 1
-        assert "delivery.restored" in events
-    finally:
-        server.stop()
-
-
-def test_detached_ack_with_broker_down(tmp_path: Path) -> None:
-    # Append-only, so the record survives the restart below.
-    server = RedisServer(tmp_path, appendonly=True)
+            message.ack()
+    assert time.monotonic() - started < broker_transport.SPARE_TIMEOUT_S + 2
+    failed = [e for e in logs if e["event"] == "delivery.settle_failed"]
+    assert len(failed) == 1
+    assert failed[0]["action"] == "ack"
+    assert "VISIBILITY_TIMEOUT_S" in failed[0]["detail"]
     server.start()
-    try:
-        connection = connect(server)
-        channel, message = recorded_message(connection)
-        with running(message):
-            detach_like_celery(connection, channel)
-            server.stop()
-            started = time.monotonic()
-            with capture_logs() as logs:
-                message.ack()
-        assert time.monotonic() - started < broker_transport.SPARE_TIMEOUT_S + 2
-        failed = [e for e in logs if e["event"] == "delivery.settle_failed"]
-        assert len(failed) == 1
-        assert failed[0]["action"] == "ack"
-        assert "VISIBILITY_TIMEOUT_S" in failed[0]["detail"]
-        server.start()
-        # The record stays, so the job comes back after the visibility timeout.
-        assert server.client().hexists("unacked", message.delivery_tag)
-    finally:
-        server.stop()
+    # The record stays, so the job comes back after the visibility timeout.
+    assert server.client().hexists("unacked", message.delivery_tag)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,18 +50,6 @@ RECOVERY_TIMEOUT_S = 120.0
 OUTAGE_PREFIXES = ("consumer: Cannot connect", "consumer: Connection to broker lost")
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = RedisServer(directory, appendonly=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def held_job_ids(client: redis.Redis, queue: str, stream: str) -> set[str]:
     """Return the JobIds that Redis stores: queued, unacknowledged or with a result.
 
@@ -81,7 +68,7 @@ def held_job_ids(client: redis.Redis, queue: str, stream: str) -> set[str]:
 
 
 def test_broker_restart(
-    private_redis: RedisServer, config_dir: Path, tmp_path: Path
+    aof_redis: RedisServer, config_dir: Path, tmp_path: Path
 ) -> None:
     names = WorkerNames.unique("restart")
     health_file = tmp_path / "worker.health"
@@ -91,12 +78,12 @@ def test_broker_restart(
         "WEBHOOK_WORKER_HEALTH_FILE": str(health_file),
         "WEBHOOK_WORKER_HEALTH_MAX_AGE_S": str(HEALTH_MAX_AGE_S),
     }
-    client = private_redis.client()
+    client = aof_redis.client()
     with running_server() as webhook:
         webhook.route("/hook", answer_after(0.02, 0.05))
         write_tenant(config_dir, webhook.url("/hook"))
         with running_worker(
-            redis_url=private_redis.url,
+            redis_url=aof_redis.url,
             config_dir=config_dir,
             log_path=tmp_path / "worker.log",
             names=names,
@@ -118,7 +105,7 @@ def test_broker_restart(
             healthy_before, _ = run_health(worker.env)
             before = set(result_counts(client, names.result_stream))
 
-            private_redis.stop()
+            aof_redis.stop()
             stopped_at = time.monotonic()
             down_reports: list[tuple[int, str]] = []
 
@@ -130,9 +117,9 @@ def test_broker_restart(
                 reports_unhealthy, timeout_s=HEALTH_MAX_AGE_S + 15, interval_s=0.5
             )
             time.sleep(max(0.0, MIN_OUTAGE_S - (time.monotonic() - stopped_at)))
-            private_redis.start()
+            aof_redis.start()
             outage_s = time.monotonic() - stopped_at
-            client = private_redis.client()
+            client = aof_redis.client()
             held = held_job_ids(client, names.queue, names.result_stream)
             after_restart = set(result_counts(client, names.result_stream))
 

@@ -10,7 +10,6 @@ every held job exactly one result well before the visibility timeout.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,33 +37,21 @@ VISIBILITY_TIMEOUT_S = 51
 RECOVERY_TIMEOUT_S = 30.0
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = RedisServer(directory, appendonly=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_restart_with_delayed_jobs_waiting(
-    private_redis: RedisServer, config_dir: Path, tmp_path: Path
+    aof_redis: RedisServer, config_dir: Path, tmp_path: Path
 ) -> None:
     names = WorkerNames.unique("held-restart")
     extra_env = {
         "WEBHOOK_WORKER_MAX_RETRY_DELAY_S": "5",
         "WEBHOOK_WORKER_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
     }
-    client = private_redis.client()
+    client = aof_redis.client()
     job_ids = [f"held-{index:03d}" for index in range(JOBS)]
     with running_server() as webhook:
         webhook.route("/hook", lambda _request: Reply.json("{}"))
         write_tenant(config_dir, webhook.url("/hook"))
         with running_worker(
-            redis_url=private_redis.url,
+            redis_url=aof_redis.url,
             config_dir=config_dir,
             log_path=tmp_path / "worker.log",
             names=names,
@@ -91,10 +78,10 @@ def test_restart_with_delayed_jobs_waiting(
                 f"the jobs never reached the save delay:\n{worker.log_tail()}"
             )
 
-            private_redis.stop()
+            aof_redis.stop()
             time.sleep(OUTAGE_S)
-            private_redis.start()
-            client = private_redis.client()
+            aof_redis.start()
+            client = aof_redis.client()
 
             reconnected, _ = wait_until(
                 lambda: (
