@@ -20,6 +20,7 @@ import structlog
 from celery.worker.strategy import default as default_strategy
 
 from worker.casing import get_any_case
+from worker.celery_output import body_shape_problem
 from worker.job import usable_job_id
 from worker.results import JobIdentity
 from worker.step import PROGRESS_KEY, SAVE_DELAY_S
@@ -52,12 +53,10 @@ def delayed_job(payload: Any) -> dict[str, Any] | None:
     every other payload, also for a malformed one: the task then handles it
     and publishes the error.
     """
-    if not isinstance(payload, list | tuple) or len(payload) < 2:
+    if body_shape_problem(payload) is not None:
         return None
-    args, kwargs = payload[0], payload[1]
-    if not isinstance(args, list | tuple) or len(args) != 1:
-        return None
-    if not isinstance(kwargs, Mapping):
+    args, kwargs, _embed = payload
+    if len(args) != 1:
         return None
     progress = kwargs.get(PROGRESS_KEY)
     if isinstance(progress, Mapping) and progress.get("delayed"):
