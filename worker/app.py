@@ -14,6 +14,7 @@ from worker.celery_output import install_log_filters
 from worker.health import HealthBeat
 from worker.logs import configure_logging
 from worker.redis_client import broker_options
+from worker.secrets import register_secrets
 from worker.settings import get_settings
 
 TASK_NAME = "webhook_step.execute"
@@ -25,6 +26,10 @@ jsontext.register_kombu_codec()
 # reconnection attempt; the filters log a summary and one line per outage.
 install_log_filters()
 _settings = get_settings()
+if _settings.sentinel_password is not None:
+    # Registered so that log redaction replaces it, for example inside a Redis
+    # error message.
+    register_secrets([_settings.sentinel_password.get_secret_value()])
 
 app = Celery(
     "webhook_step_worker", broker=_settings.broker_url, include=["worker.tasks"]

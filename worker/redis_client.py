@@ -159,6 +159,8 @@ def _sentinel_master(
         "username": parsed.username,
         "password": parsed.password,
     }
+    if settings.sentinel_password is not None:
+        sentinel_options["password"] = settings.sentinel_password.get_secret_value()
     if settings.sentinel_tls:
         # NOTE: only unit tests check these options; no test runs Sentinels with TLS.
         tls = {"ssl": True, **tls_options(settings)}
@@ -184,11 +186,16 @@ def broker_options(settings: WorkerSettings) -> dict[str, Any]:
     if is_sentinel_url(url):
         transport = options["broker_transport_options"]
         transport["master_name"] = settings.sentinel_master
+        # kombu gives the Sentinel connections sentinel_kwargs only, and
+        # broker_use_ssl to the master's connections.
+        sentinel_kwargs: dict[str, Any] = {}
+        if settings.sentinel_password is not None:
+            sentinel_kwargs["password"] = settings.sentinel_password.get_secret_value()
         if settings.sentinel_tls:
-            # kombu gives the Sentinel connections sentinel_kwargs only, and
-            # broker_use_ssl to the master's connections.
-            transport["sentinel_kwargs"] = {"ssl": True, **tls_options(settings)}
+            sentinel_kwargs.update({"ssl": True, **tls_options(settings)})
             options["broker_use_ssl"] = tls_options(settings)
+        if sentinel_kwargs:
+            transport["sentinel_kwargs"] = sentinel_kwargs
     elif url.lower().startswith("rediss://"):
         options["broker_use_ssl"] = tls_options(settings)
     return options

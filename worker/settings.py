@@ -8,7 +8,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import ConfigError
@@ -40,6 +46,13 @@ class WorkerSettings(BaseSettings):
         description=(
             "Name of the Redis master that the Sentinels monitor; required when "
             "BROKER_URL or REDIS_URL is a sentinel:// URL."
+        ),
+    )
+    sentinel_password: SecretStr | None = Field(
+        None,
+        description=(
+            "Password of the Sentinels themselves (requirepass in sentinel.conf). "
+            "The password in a sentinel:// URL is the master's."
         ),
     )
     sentinel_tls: bool = Field(
@@ -301,6 +314,12 @@ class WorkerSettings(BaseSettings):
             )
             if url is not None and url.lower().startswith("sentinel://")
         ]
+        if self.sentinel_password is not None and not sentinel_urls:
+            raise ValueError(
+                f"{ENV_PREFIX}SENTINEL_PASSWORD is set, but neither "
+                f"{ENV_PREFIX}BROKER_URL nor {ENV_PREFIX}REDIS_URL is a sentinel:// "
+                "URL; unset it, or point a URL at the Sentinels"
+            )
         if sentinel_urls and not self.sentinel_master:
             raise ValueError(
                 f"{ENV_PREFIX}{sentinel_urls[0]} is a sentinel:// URL, so "

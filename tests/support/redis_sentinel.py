@@ -3,7 +3,9 @@
 Each server writes an append-only file in its own folder. The Sentinels watch
 the master under ``MASTER_NAME`` with a quorum of 2 and fail over after
 ``DOWN_AFTER_MS`` of silence. ``stop`` ends every process that is still
-running, also after a test killed some of them.
+running, also after a test killed some of them. With ``master_password`` the
+master and the replica require it, and with ``sentinel_password`` the
+Sentinels require theirs, as a production setup with AUTH would.
 """
 
 from __future__ import annotations
@@ -29,11 +31,19 @@ START_TIMEOUT_S = 20.0
 class RedisProcess:
     """One ``redis-server`` process, a data server or a Sentinel."""
 
-    def __init__(self, name: str, directory: Path, port: int, command: list[str]):
+    def __init__(
+        self,
+        name: str,
+        directory: Path,
+        port: int,
+        command: list[str],
+        password: str | None = None,
+    ) -> None:
         self.name = name
         self.directory = directory
         self.port = port
         self.command = command
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -74,13 +84,22 @@ class RedisProcess:
             self.process.wait(timeout=10)
 
     def client(self, **options: float) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, **options)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, **options
+        )
 
 
 class SentinelGroup:
     """The master, its replica and the Sentinels, in folders under ``directory``."""
 
-    def __init__(self, directory: Path, sentinels: int = 3) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        sentinels: int = 3,
+        *,
+        master_password: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> None:
         executable = shutil.which("redis-server")
         if executable is None:
             raise RuntimeError(
@@ -88,6 +107,8 @@ class SentinelGroup:
                 "redis-server) to run the Sentinel tests"
             )
         self.executable = executable
+        self.master_password = master_password
+        self.sentinel_password = sentinel_password
         self.master = self._data_server(directory / "master", replica_of=None)
         self.replica = self._data_server(
             directory / "replica", replica_of=self.master.port
@@ -99,8 +120,15 @@ class SentinelGroup:
 
     @property
     def url(self) -> str:
-        """The ``sentinel://`` URL of all Sentinels, in kombu's form, database 0."""
+        """The ``sentinel://`` URL of all Sentinels, in kombu's form, database 0.
+
+        The master's password, if any, goes in the first part, where kombu
+        reads it.
+        """
         parts = [f"sentinel://127.0.0.1:{s.port}" for s in self.sentinels]
+        if self.master_password:
+            parts[0] = f"sentinel://:{self.master_password}@127.0.0.1:"
+            parts[0] += str(self.sentinels[0].port)
         return ";".join(parts) + "/0"
 
     def _data_server(self, directory: Path, replica_of: int | None) -> RedisProcess:
@@ -123,7 +151,18 @@ class SentinelGroup:
         ]
         if replica_of is not None:
             command += ["--replicaof", "127.0.0.1", str(replica_of)]
-        return RedisProcess(directory.name, directory, port, command)
+        if self.master_password:
+            # Either server may become the master, so both require the
+            # password and use it towards the other.
+            command += [
+                "--requirepass",
+                self.master_password,
+                "--masterauth",
+                self.master_password,
+            ]
+        return RedisProcess(
+            directory.name, directory, port, command, self.master_password
+        )
 
     def _sentinel(self, directory: Path) -> RedisProcess:
         directory.mkdir(parents=True)
@@ -142,12 +181,25 @@ class SentinelGroup:
                     f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}",
                     f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}",
                     f"sentinel parallel-syncs {MASTER_NAME} 1",
+                    *self._auth_lines(),
                     "",
                 ]
             )
         )
         command = [self.executable, str(config), "--sentinel"]
-        return RedisProcess(directory.name, directory, port, command)
+        return RedisProcess(
+            directory.name, directory, port, command, self.sentinel_password
+        )
+
+    def _auth_lines(self) -> list[str]:
+        lines = []
+        if self.master_password:
+            lines.append(f"sentinel auth-pass {MASTER_NAME} {self.master_password}")
+        if self.sentinel_password:
+            # Sentinels talk to each other with the same password.
+            lines.append(f"requirepass {self.sentinel_password}")
+            lines.append(f"sentinel sentinel-pass {self.sentinel_password}")
+        return lines
 
     def start(self) -> None:
         """Start every process and wait until the Sentinels know each other.
@@ -207,8 +259,17 @@ class SentinelGroup:
 
 
 @contextmanager
-def running_sentinel_group(directory: Path) -> Iterator[SentinelGroup]:
-    group = SentinelGroup(directory)
+def running_sentinel_group(
+    directory: Path,
+    *,
+    master_password: str | None = None,
+    sentinel_password: str | None = None,
+) -> Iterator[SentinelGroup]:
+    group = SentinelGroup(
+        directory,
+        master_password=master_password,
+        sentinel_password=sentinel_password,
+    )
     try:
         group.start()
         yield group

@@ -126,6 +126,30 @@ def test_broker_options_sentinel_tls(tmp_path: Path) -> None:
     assert options["broker_use_ssl"] == tls_options(settings)
 
 
+def test_broker_options_sentinel_password(tmp_path: Path) -> None:
+    settings = WorkerSettings(
+        broker_url=SENTINELS,
+        sentinel_master="main",
+        sentinel_password="sentinel-secret",
+        sentinel_tls=True,
+        redis_ca_file=tmp_path / "ca.crt",
+    )
+    sentinel_kwargs = broker_options(settings)["broker_transport_options"][
+        "sentinel_kwargs"
+    ]
+    assert sentinel_kwargs["password"] == "sentinel-secret"
+    assert sentinel_kwargs["ssl"] is True
+
+
+def test_sentinel_password_needs_sentinel_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEBHOOK_WORKER_SENTINEL_PASSWORD", "hunter2-sentinel")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "SENTINEL_PASSWORD is set" in message
+    assert "hunter2-sentinel" not in message
+
+
 def test_broker_options_plain_redis() -> None:
     options = broker_options(WorkerSettings(broker_url="redis://127.0.0.1:6379/0"))
     assert options == {"broker_transport_options": {}}
