@@ -12,6 +12,7 @@ from typing import Any
 
 from worker import __version__, jsontext
 from worker.errors import ConfigError, WorkerError
+from worker.urls import masked_url
 
 
 def _load_jobs(path: Path) -> list[Any]:
@@ -98,7 +99,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print(submit_job(job, new_id=args.new_id), flush=True)
     except OperationalError as error:
         raise SystemExit(
-            f"cannot reach the broker at {get_settings().broker_url}: {error}; "
+            f"cannot reach the broker at {masked_url(get_settings().broker_url)}: "
+            f"{error}; "
             "start Redis or set WEBHOOK_WORKER_BROKER_URL"
         ) from None
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,10 +18,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import ConfigError
 from worker.netguard import AddressPolicy
+from worker.urls import url_problem
 
 ENV_PREFIX = "WEBHOOK_WORKER_"
-# URL schemes that both kombu's broker transport and redis-py understand.
-REDIS_SCHEMES = ("redis", "rediss", "sentinel")
 
 
 class WorkerSettings(BaseSettings):
@@ -286,22 +284,13 @@ class WorkerSettings(BaseSettings):
 
     @field_validator("broker_url", "redis_url")
     @classmethod
-    def _check_redis_scheme(cls, value: str | None) -> str | None:
+    def _check_redis_url(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
-        if scheme not in REDIS_SCHEMES:
-            # Only the scheme is shown: the rest of a URL may hold a password.
-            problem = (
-                f"its scheme {scheme}:// is not supported"
-                if re.fullmatch(r"[a-z][a-z0-9+.-]{0,20}", scheme)
-                else "it has no URL scheme"
-            )
-            raise ValueError(
-                f"{problem}; use redis://host:port/db, "
-                "rediss://host:port/db or sentinel://host:port (Unix sockets "
-                "and other brokers are not supported)"
-            )
+        # The message never shows the value: a URL may hold a password.
+        problem = url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -355,7 +344,9 @@ def load_settings() -> WorkerSettings:
         return WorkerSettings()
     except ValidationError as error:
         problems = "; ".join(_describe_problem(item) for item in error.errors())
-        raise ConfigError(f"invalid worker settings: {problems}") from error
+        # Not chained: the validation error holds every input value, URLs with
+        # their passwords included, and a traceback would print it.
+        raise ConfigError(f"invalid worker settings: {problems}") from None
 
 
 def _describe_problem(item: Any) -> str:

@@ -17,6 +17,7 @@ from worker.redis_client import (
     tls_options,
 )
 from worker.settings import WorkerSettings, load_settings
+from worker.urls import masked_url
 
 SENTINELS = "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380"
 
@@ -64,9 +65,15 @@ def test_sentinel_requires_master_name() -> None:
         ("BROKER_URL", "redis+socket:///run/redis.sock", "scheme redis+socket://"),
         ("REDIS_URL", "127.0.0.1:6379", "no URL scheme"),
         ("REDIS_URL", "amqp://guest:hunter2@127.0.0.1//", "scheme amqp://"),
+        # An unencoded / or # in a password makes the rest parse as a path or
+        # a fragment, so the parser's own error would show part of it.
+        ("BROKER_URL", "redis://:hunter2/x@127.0.0.1:6379/0", "invalid port"),
+        ("BROKER_URL", "redis://:hunter2#x@127.0.0.1:6379/0", "invalid port"),
+        ("BROKER_URL", "redis://:12/hunter2@127.0.0.1/0", "names no host"),
+        ("REDIS_URL", "sentinel://a:1;sentinel://:hunter2#@b:2", "part 2"),
     ],
 )
-def test_unsupported_url_scheme(
+def test_invalid_url_setting(
     monkeypatch: pytest.MonkeyPatch, variable: str, url: str, expected: str
 ) -> None:
     monkeypatch.setenv(f"WEBHOOK_WORKER_{variable}", url)
@@ -75,10 +82,29 @@ def test_unsupported_url_scheme(
     message = str(caught.value)
     assert f"WEBHOOK_WORKER_{variable}: " in message
     assert expected in message
-    assert "redis://host:port/db" in message
+    # Each message says what to do next.
+    fix = "redis://host:port/db" if "scheme" in expected else "percent-encode"
+    assert fix in message
     # The URL may hold a password, so the message never repeats it.
     assert "hunter2" not in message
     assert url not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:hunter2@127.0.0.1:6379/0", "redis://***@127.0.0.1:6379/0"),
+        ("rediss://user:hunter2@h/1", "rediss://***@h/1"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        (
+            "sentinel://:hunter2@a:1;sentinel://b:2/0",
+            "sentinel://***@a:1;sentinel://b:2/0",
+        ),
+        ("redis://:hunter2/x@h:1/0", "(a URL that does not parse)"),
+    ],
+)
+def test_masked_url(url: str, shown: str) -> None:
+    assert masked_url(url) == shown
 
 
 @pytest.mark.parametrize(
