@@ -26,19 +26,21 @@ def discard_reason(*, expired: bool, terminated: bool, expires: Any) -> str:
     """Return the Error result's reason for a discarded job."""
     if expired:
         return (
-            f"the job's message expired at {expires} before the worker ran it; "
-            "send the job again with a later expires time, or none. A job with "
+            f"the job's message expired at {expires}, so the worker did not run "
+            "this delivery of it; send the job again with a later expires time, "
+            "or none. A job with "
             "RunAfterOrderIsSaved runs one second after it arrives, so its "
             "expires time must be later than that"
         )
     if terminated:
         return (
-            "an operator revoked the job's task with terminate while it ran; "
-            "send the job again if it must run"
+            "an operator revoked the job's task with terminate while it ran, so "
+            "its call may or may not have reached the webhook; send the job again "
+            "if it must run"
         )
     return (
-        "an operator revoked the job's task before it ran; send the job again "
-        "if it must run"
+        "an operator revoked the job's task, so the worker did not run this "
+        "delivery of it; send the job again if it must run"
     )
 
 
@@ -52,8 +54,8 @@ def publish_discarded(
     """Publish an Error result for a job that Celery revoked or found expired.
 
     Runs in the consumer's thread after Celery acknowledged the message. A job
-    that already has a result keeps it, so a job stopped while it ran and then
-    delivered again still ends with one result.
+    that already has a result keeps it, and a job that another delivery is
+    calling right now gets that delivery's result instead.
     """
     if getattr(sender, "name", None) != TASK_NAME:
         return
@@ -82,7 +84,7 @@ def publish_discarded(
             )
             return
         try:
-            get_runner().publish_rejection(job, reason, log_event="job.discarded")
+            get_runner().publish_discarded(job, reason)
         except redis.RedisError as error:
             log.error(
                 "job.discarded_result_failed",

@@ -88,6 +88,9 @@ MAX_ATTEMPTS = len(RETRY_DELAYS_S) + 1
 LEASE_MARGIN_S = 5.0
 # Maximum wait before a copy of a job whose lease is held checks again.
 LEASE_RECHECK_S = 2.0
+# Lease taken while publishing the result of a discarded job; the publish
+# takes milliseconds and releases it.
+DISCARD_LEASE_MS = 10_000
 # Token of the call lease this thread holds; publishing releases it.
 _lease_in_use: contextvars.ContextVar[str] = contextvars.ContextVar(
     "lease_in_use", default=""
@@ -677,6 +680,42 @@ class StepRunner:
         return self._finish_invalid(
             identity, job_fingerprint, reason, _now_ms(), log_event=log_event
         )
+
+    def publish_discarded(self, raw_job: Any, reason: str) -> Finished | None:
+        """Publish an Error result for a job whose message Celery discarded.
+
+        Another delivery of the same job may be calling the webhook right now,
+        for example a copy that kombu requeued after a lost connection. That
+        copy holds the call lease and its own result must stand, so nothing is
+        published then and None is returned. None is also returned for a job
+        without a usable JobId.
+        """
+        job_id = usable_job_id(raw_job)
+        if job_id is None or self.store is None:
+            return self.publish_rejection(raw_job, reason, log_event="job.discarded")
+        token = uuid.uuid4().hex
+        lease_state = self.store.acquire_lease(job_id, token, DISCARD_LEASE_MS)
+        if isinstance(lease_state, StoredResult):
+            log.info(
+                "job.duplicate", detail="result exists; nothing is called or published"
+            )
+            return Finished(lease_state.result_json, published=False)
+        if lease_state:
+            log.info(
+                "job.discard_skipped",
+                reason=reason,
+                detail="another delivery of this job is calling the webhook; "
+                "its result stands",
+            )
+            return None
+        lease_scope = _lease_in_use.set(token)
+        try:
+            return self.publish_rejection(raw_job, reason, log_event="job.discarded")
+        finally:
+            still_held = _lease_in_use.get()
+            _lease_in_use.reset(lease_scope)
+            if still_held:
+                self.store.release_lease(job_id, token)
 
     def _existing_result(self, job_id: str, job_fingerprint: str) -> Finished | None:
         if self.store is None:

@@ -8,6 +8,7 @@ messages here, and each job must still get its Error result.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,10 +16,15 @@ import pytest
 import redis
 from celery import Celery
 
-from tests.reliability.common import args_json, job, write_tenant
+from tests.reliability.common import args_json, job, wait_until, write_tenant
 from tests.support.redis_server import RedisServer
 from tests.support.webhook_server import Reply, WebhookServer
-from tests.support.worker_process import WorkerNames, running_worker, wait_for_entries
+from tests.support.worker_process import (
+    WorkerNames,
+    read_stream,
+    running_worker,
+    wait_for_entries,
+)
 from worker.message import task_envelope
 from worker.revoked import discard_reason
 
@@ -122,11 +128,44 @@ def test_revoked_job_gets_error_result(
     assert hook.requests_to("/hook") == []
 
 
+def test_expired_copy_leaves_running_call(
+    redis_server: RedisServer, config_dir: Path, tmp_path: Path, hook: WebhookServer
+) -> None:
+    # A copy of a job arrives expired while the first delivery is in its call,
+    # as after a lost connection when kombu requeues the running messages.
+    hook.route("/hook", lambda _request: Reply.json("{}", delay_s=2.0))
+    names = WorkerNames.unique("discard-copy")
+    client = redis.Redis.from_url(redis_server.url)
+    document = job("copied-1")
+    with running_worker(
+        redis_url=redis_server.url,
+        config_dir=config_dir,
+        log_path=tmp_path / "worker.log",
+        names=names,
+    ) as worker:
+        client.lpush(names.queue, task_envelope(names.queue, args_json(document)))
+        wait_until(lambda: len(hook.requests_to("/hook")) == 1, timeout_s=10)
+        expired = datetime.now(UTC) - timedelta(minutes=1)
+        client.lpush(names.queue, expiring_envelope(names.queue, document, expired))
+        wait_for_entries(client, names.result_stream, 1)
+        # Time for a second, wrong result to appear.
+        time.sleep(1.0)
+        entries = read_stream(client, names.result_stream)
+        records = worker.log_records()
+
+    assert len(entries) == 1
+    assert json.loads(entries[0].fields["result"])["ActionStatus"] == "Success"
+    assert len(hook.requests_to("/hook")) == 1
+    skipped = [r for r in records if r.get("event") == "job.discard_skipped"]
+    assert len(skipped) == 1
+    assert skipped[0]["job_id"] == "copied-1"
+
+
 def test_discard_reasons_differ() -> None:
     expired = discard_reason(expired=True, terminated=False, expires="2026-01-01")
     revoked = discard_reason(expired=False, terminated=False, expires=None)
     stopped = discard_reason(expired=False, terminated=True, expires=None)
     assert "2026-01-01" in expired
     assert "RunAfterOrderIsSaved" in expired
-    assert "before it ran" in revoked
+    assert "did not run this delivery" in revoked
     assert "while it ran" in stopped
