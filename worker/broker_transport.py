@@ -69,6 +69,9 @@ class RecordingQoS(kombu_redis.QoS):
 
     record_window_s = RECORD_WINDOW_S
     restore_window_s = RESTORE_WINDOW_S
+    # Set once the held jobs are being put back, so a second close of the
+    # channel does not requeue a job that was delivered again meanwhile.
+    _restore_started = False
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)  # type: ignore[no-untyped-call]
@@ -127,22 +130,30 @@ class RecordingQoS(kombu_redis.QoS):
             return
 
     def restore_unacked(self, client: Any = None) -> None:
+        if self._restore_started:
+            return
         if client is None and self._detached():
             # After a lost connection, Celery's cleanup detaches kombu's
             # connection before it closes this channel, and kombu's restore
             # would then fail with AttributeError and stop the worker.
-            self._restore_detached()
+            self._restore_later()
             return
-        super().restore_unacked(client)  # type: ignore[no-untyped-call]
+        try:
+            super().restore_unacked(client)  # type: ignore[no-untyped-call]
+        except _OUTAGE_ERRORS:
+            # The broker is down. kombu would give up, and Celery would carry
+            # on, leaving the held jobs until the visibility timeout.
+            self._restore_later()
 
-    def _restore_detached(self) -> None:
+    def _restore_later(self) -> None:
         """Put the held jobs that are not running back on the queue, in a thread.
 
-        A running job settles itself through ``_settle_detached`` when it
-        ends. The others, waiting on a countdown or the save delay, were
-        dropped from Celery's memory, so only their records in Redis are left.
-        The broker is usually down at this moment, so a thread retries.
+        A running job settles itself when it ends. The others, waiting on a
+        countdown or the save delay, were dropped from Celery's memory, so
+        only their records in Redis are left. The broker is usually down at
+        this moment, so a thread retries through a new connection.
         """
+        self._restore_started = True
         running = _running_tags()
         waiting = [tag for tag in self._delivered if tag not in running]
         log.warning(

@@ -239,6 +239,27 @@ def test_detached_waiting_job_restored(aof_redis: RedisServer) -> None:
     assert "delivery.restored" in events
 
 
+def test_restore_retries_when_broker_down(aof_redis: RedisServer) -> None:
+    # The channel is still attached, but Redis is down when it closes, so
+    # kombu's own restore fails.
+    server = aof_redis
+    connection = connect(server)
+    channel, message = recorded_message(connection)
+    server.stop()
+    restart = threading.Timer(1.0, server.start)
+    with capture_logs() as logs:
+        channel.close()
+        restart.start()
+        restart.join()
+        client = server.client()
+        restored, _ = wait_until(lambda: client.llen(QUEUE) == 1, timeout_s=15)
+    assert restored, "the waiting job was not put back on the queue"
+    assert not client.hexists("unacked", message.delivery_tag)
+    events = [entry["event"] for entry in logs]
+    assert events[0] == "delivery.restore_deferred"
+    assert "delivery.restored" in events
+
+
 def test_detached_ack_with_broker_down(aof_redis: RedisServer) -> None:
     server = aof_redis
     connection = connect(server)
