@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from worker.settings import WorkerSettings
+from worker.errors import ConfigError
+from worker.redis_client import is_sentinel_url, parse_sentinel_url
+from worker.settings import ENV_PREFIX, WorkerSettings
 from worker.step import SAVE_DELAY_S
 from worker.tenants import TenantStore
 
@@ -36,6 +38,15 @@ def startup_problems(settings: WorkerSettings) -> list[str]:
             continue
         if tenant is not None:
             timeouts += [c.timeout.total_seconds() for c in tenant.settings.connectors]
+    for name, url in (
+        ("BROKER_URL", settings.broker_url),
+        ("REDIS_URL", settings.redis_url),
+    ):
+        if url is not None and is_sentinel_url(url):
+            try:
+                parse_sentinel_url(url)
+            except ConfigError as error:
+                problems.append(f"{ENV_PREFIX}{name}: {error}")
     worst_s = worst_case_message_s(max(timeouts), settings.max_retry_delay_s)
     if worst_s >= settings.visibility_timeout_s:
         problems.append(

@@ -17,6 +17,7 @@ from worker.redis_client import (
     tls_options,
 )
 from worker.settings import WorkerSettings, load_settings
+from worker.startup import startup_problems
 from worker.urls import masked_url
 
 SENTINELS = "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380"
@@ -179,3 +180,15 @@ def test_sentinel_password_needs_sentinel_url(monkeypatch: pytest.MonkeyPatch) -
 def test_broker_options_plain_redis() -> None:
     options = broker_options(WorkerSettings(broker_url="redis://127.0.0.1:6379/0"))
     assert options == {"broker_transport_options": {}}
+
+
+def test_startup_reports_sentinel_url_mismatch(tmp_path: Path) -> None:
+    settings = WorkerSettings(
+        broker_url="sentinel://:one@a:1;sentinel://:hunter2@b:2",
+        sentinel_master="main",
+        config_dir=tmp_path,
+    )
+    problems = startup_problems(settings)
+    assert len(problems) == 1
+    assert problems[0].startswith("WEBHOOK_WORKER_BROKER_URL: part 2")
+    assert "hunter2" not in problems[0]
