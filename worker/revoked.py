@@ -8,6 +8,8 @@ handler here publishes an Error result for such a job instead.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import redis
@@ -20,6 +22,10 @@ from worker.results import JobIdentity
 from worker.runtime import get_runner
 
 log = structlog.get_logger(__name__)
+
+# How long a thread keeps trying to publish the result of a discarded job
+# while Redis is unreachable.
+PUBLISH_WINDOW_S = 120.0
 
 
 def discard_reason(*, expired: bool, terminated: bool, expires: Any) -> str:
@@ -68,14 +74,15 @@ def publish_discarded(
         terminated=terminated,
         expires=getattr(request, "expires", None),
     )
+    ids = {
+        "task_id": getattr(request, "id", None),
+        "job_id": job_id,
+        "tenant_id": identity.tenant_id if identity else None,
+        "order_id": identity.order_id if identity else None,
+    }
     # The consumer's thread serves every job, so the ids are bound only for
     # the lines of this one.
-    with structlog.contextvars.bound_contextvars(
-        task_id=getattr(request, "id", None),
-        job_id=job_id,
-        tenant_id=identity.tenant_id if identity else None,
-        order_id=identity.order_id if identity else None,
-    ):
+    with structlog.contextvars.bound_contextvars(**ids):
         if job_id is None:
             log.error(
                 "job.discarded_without_result",
@@ -86,12 +93,42 @@ def publish_discarded(
         try:
             get_runner().publish_discarded(job, reason)
         except redis.RedisError as error:
-            log.error(
-                "job.discarded_result_failed",
+            # Celery has acknowledged the message already, so the result is
+            # the only trace of the job. A thread keeps trying to publish it.
+            log.warning(
+                "job.discarded_result_retrying",
                 error=str(error),
-                fix="Redis was unreachable and Celery had already acknowledged "
-                "the message; send the job again",
+                window_s=PUBLISH_WINDOW_S,
             )
+            threading.Thread(
+                target=_publish_with_retries,
+                args=(job, reason, ids),
+                name="webhook-step-discard",
+                daemon=True,
+            ).start()
+
+
+def _publish_with_retries(job: Any, reason: str, ids: dict[str, Any]) -> None:
+    deadline = time.monotonic() + PUBLISH_WINDOW_S
+    pause = 1.0
+    with structlog.contextvars.bound_contextvars(**ids):
+        while True:
+            time.sleep(pause)
+            try:
+                get_runner().publish_discarded(job, reason)
+            except redis.RedisError as error:
+                if time.monotonic() + pause * 2 <= deadline:
+                    pause = min(pause * 2, 10.0)
+                    continue
+                log.error(
+                    "job.discarded_result_failed",
+                    error=str(error),
+                    fix="Redis stayed unreachable and Celery had already "
+                    "acknowledged the message; send the job again",
+                )
+                return
+            log.info("job.discarded_result_published")
+            return
 
 
 signals.task_revoked.connect(publish_discarded)

@@ -8,13 +8,16 @@ messages here, and each job must still get its Error result.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis
 from celery import Celery
+from structlog.testing import capture_logs
 
 from tests.reliability.common import args_json, job, wait_until, write_tenant
 from tests.support.redis_server import RedisServer
@@ -25,8 +28,11 @@ from tests.support.worker_process import (
     running_worker,
     wait_for_entries,
 )
-from worker.message import task_envelope
+from worker import revoked
+from worker.message import TASK_NAME, task_envelope
 from worker.revoked import discard_reason
+from worker.runtime import build_runner
+from worker.settings import WorkerSettings
 
 
 def expiring_envelope(
@@ -159,6 +165,45 @@ def test_expired_copy_leaves_running_call(
     skipped = [r for r in records if r.get("event") == "job.discard_skipped"]
     assert len(skipped) == 1
     assert skipped[0]["job_id"] == "copied-1"
+
+
+def test_discarded_result_waits_for_redis(
+    aof_redis: RedisServer,
+    config_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = WorkerSettings(broker_url=aof_redis.url, config_dir=config_dir)
+    runner = build_runner(settings)
+    monkeypatch.setattr(revoked, "get_runner", lambda: runner)
+    monkeypatch.setattr(revoked, "PUBLISH_WINDOW_S", 20.0)
+    request = SimpleNamespace(
+        id="task-late", args=[job("late-1")], expires="2026-01-01T00:00:00+00:00"
+    )
+    aof_redis.stop()
+    restart = threading.Timer(1.5, aof_redis.start)
+    with capture_logs() as logs:
+        revoked.publish_discarded(
+            sender=SimpleNamespace(name=TASK_NAME), request=request, expired=True
+        )
+        restart.start()
+        restart.join()
+        published, _ = wait_until(
+            lambda: (
+                runner.store is not None
+                and runner.store.find_result("late-1") is not None
+            ),
+            timeout_s=15,
+        )
+    assert published, "the discarded job's result was never published"
+    assert runner.store is not None
+    stored = runner.store.find_result("late-1")
+    assert stored is not None
+    result = json.loads(stored.result_json)
+    assert result["ActionStatus"] == "Error"
+    assert "expired" in result["ErrorReason"]
+    events = [entry["event"] for entry in logs]
+    assert events[0] == "job.discarded_result_retrying"
+    assert "job.discarded_result_published" in events
 
 
 def test_discard_reasons_differ() -> None:
