@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -36,6 +37,30 @@ def body_shape_problem(body: Any) -> str | None:
         return "the second item of the task message body (kwargs) must be an object"
     if embed is not None and not isinstance(embed, dict):
         return "the third item of the task message body (embed) must be an object"
+    return None
+
+
+def header_time_problem(headers: dict[str, Any]) -> str | None:
+    """Return why a task message's ``eta`` or ``expires`` header is unusable, or None.
+
+    Celery expects an ISO 8601 time or null and fails with an unrelated error
+    on anything else, such as a number or an empty string.
+    """
+    for name in ("eta", "expires"):
+        value = headers.get(name)
+        if value is None:
+            continue
+        if isinstance(value, str) and value.strip():
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                pass
+            else:
+                continue
+        return (
+            f"the task message header {name!r} must be an ISO 8601 time such as "
+            f"2026-01-31T12:00:00+00:00, or null; got {value!r:.60}"
+        )
     return None
 
 
@@ -69,6 +94,10 @@ class SummarizingRequest(Request):  # type: ignore[misc]
     """
 
     def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        headers = getattr(message, "headers", None)
+        problem = header_time_problem(headers if isinstance(headers, dict) else {})
+        if problem is not None:
+            raise InvalidTaskError(problem)
         try:
             super().__init__(message, *args, **kwargs)
             body = self._Request__payload

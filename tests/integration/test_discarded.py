@@ -29,6 +29,7 @@ from tests.support.worker_process import (
     wait_for_entries,
 )
 from worker import revoked
+from worker.celery_output import header_time_problem
 from worker.message import TASK_NAME, task_envelope
 from worker.revoked import discard_reason
 from worker.runtime import build_runner
@@ -204,6 +205,48 @@ def test_discarded_result_waits_for_redis(
     events = [entry["event"] for entry in logs]
     assert events[0] == "job.discarded_result_retrying"
     assert "job.discarded_result_published" in events
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"expires": None, "eta": None}, None),
+        ({"expires": "2026-01-31T12:00:00Z"}, None),
+        ({"eta": "2026-01-31T12:00:00+01:00"}, None),
+        ({"expires": 1767225600.5}, "'expires' must be an ISO 8601 time"),
+        ({"expires": ""}, "'expires' must be an ISO 8601 time"),
+        ({"eta": "tomorrow"}, "'eta' must be an ISO 8601 time"),
+    ],
+)
+def test_header_time_problem(headers: dict[str, object], expected: str | None) -> None:
+    problem = header_time_problem(headers)
+    if expected is None:
+        assert problem is None
+    else:
+        assert problem is not None
+        assert expected in problem
+
+
+def test_malformed_expires_gets_error_result(
+    redis_server: RedisServer, config_dir: Path, tmp_path: Path, hook: WebhookServer
+) -> None:
+    names = WorkerNames.unique("bad-expires")
+    client = redis.Redis.from_url(redis_server.url)
+    message = json.loads(task_envelope(names.queue, args_json(job("bad-exp-1"))))
+    message["headers"]["expires"] = 1767225600.5
+    with running_worker(
+        redis_url=redis_server.url,
+        config_dir=config_dir,
+        log_path=tmp_path / "worker.log",
+        names=names,
+    ):
+        client.lpush(names.queue, json.dumps(message))
+        entries = wait_for_entries(client, names.result_stream, 1)
+
+    result = json.loads(entries[0].fields["result"])
+    assert result["ActionStatus"] == "Error"
+    assert "'expires' must be an ISO 8601 time" in result["ErrorReason"]
+    assert hook.requests_to("/hook") == []
 
 
 def test_discard_reasons_differ() -> None:
