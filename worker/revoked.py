@@ -16,10 +16,12 @@ import redis
 import structlog
 from celery import signals
 
-from worker.job import usable_job_id
+from worker import jsontext
+from worker.job import scrub_request_headers, usable_job_id
 from worker.message import TASK_NAME
 from worker.results import JobIdentity
 from worker.runtime import get_runner
+from worker.step import redact
 
 log = structlog.get_logger(__name__)
 
@@ -87,8 +89,10 @@ def publish_discarded(
             log.error(
                 "job.discarded_without_result",
                 reason=reason,
-                detail="the message has no usable JobId, so no result can name it",
+                detail="the message has no usable JobId, so no result can name it; "
+                "it goes to the dead-letter stream",
             )
+            _dead_letter(request, reason)
             return
         try:
             get_runner().publish_discarded(job, reason)
@@ -106,6 +110,34 @@ def publish_discarded(
                 name="webhook-step-discard",
                 daemon=True,
             ).start()
+
+
+def _dead_letter(request: Any, reason: str) -> None:
+    """Record a discarded message without a usable JobId in the dead letters."""
+    args = getattr(request, "args", None)
+    kwargs = getattr(request, "kwargs", None)
+    record: dict[str, Any] = {
+        "headers": {
+            "id": getattr(request, "id", None),
+            "expires": str(getattr(request, "expires", None)),
+        },
+        # Request-header values in the job may hold secrets.
+        "body": scrub_request_headers([args, kwargs]),
+    }
+    try:
+        text = jsontext.dumps(record)
+    except (TypeError, ValueError):
+        record["body"] = "(withheld: the arguments could not be encoded as JSON)"
+        text = jsontext.dumps(record)
+    store = get_runner().store
+    if store is None:
+        return
+    try:
+        store.dead_letter(
+            f"the job was discarded: {reason}", redact(text), kind="no_job_id"
+        )
+    except redis.RedisError as error:
+        log.error("message.dead_letter_failed", kind="no_job_id", error=str(error))
 
 
 def _publish_with_retries(job: Any, reason: str, ids: dict[str, Any]) -> None:

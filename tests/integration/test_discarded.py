@@ -70,6 +70,8 @@ def test_expired_jobs_get_error_results(
         ),
         # A later expiry does not stop the job.
         expiring_envelope(names.queue, job("in-time-3"), now + timedelta(hours=1)),
+        # Expired and without a JobId: only the dead letters can show it.
+        expiring_envelope(names.queue, job(None), now - timedelta(minutes=1)),
     ]
 
     with running_worker(
@@ -81,6 +83,7 @@ def test_expired_jobs_get_error_results(
         for text in envelopes:
             client.lpush(names.queue, text)
         entries = wait_for_entries(client, names.result_stream, 3)
+        dead = wait_for_entries(client, names.dead_letter_stream, 1)
         records = worker.log_records()
 
     results = {
@@ -95,6 +98,8 @@ def test_expired_jobs_get_error_results(
     assert results["in-time-3"]["ActionStatus"] == "Success"
     # Only the job in time reached the webhook.
     assert len(hook.requests_to("/hook")) == 1
+    assert dead[0].fields["kind"] == "no_job_id"
+    assert "expired" in dead[0].fields["reason"]
     discarded = [r for r in records if r.get("event") == "job.discarded"]
     assert sorted(r["job_id"] for r in discarded) == ["expired-1", "expired-2"]
     for record in discarded:
