@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import redis
 import structlog
 from celery import signals
+from kombu.exceptions import OperationalError
 
 from worker import jsontext
-from worker.job import scrub_request_headers, usable_job_id
+from worker.job import scrub_request_headers, summarize, usable_job_id
 from worker.message import TASK_NAME
 from worker.results import JobIdentity
 from worker.runtime import get_runner
-from worker.step import redact
+from worker.step import PROGRESS_KEY, Progress, StepRunner, redact
 
 log = structlog.get_logger(__name__)
 
@@ -59,11 +62,11 @@ def publish_discarded(
     expired: bool = False,
     **_kwargs: Any,
 ) -> None:
-    """Publish an Error result for a job that Celery revoked or found expired.
+    """Settle a job whose message Celery revoked or found expired.
 
-    Runs in the consumer's thread after Celery acknowledged the message. A job
-    that already has a result keeps it, and a job that another delivery is
-    calling right now gets that delivery's result instead.
+    Runs in the consumer's thread after Celery acknowledged the message. The
+    job gets an Error result, unless it has a result already or may have
+    called the webhook; ``_settle`` explains the second case.
     """
     if getattr(sender, "name", None) != TASK_NAME:
         return
@@ -95,21 +98,70 @@ def publish_discarded(
             _dead_letter(request, reason)
             return
         try:
-            get_runner().publish_discarded(job, reason)
-        except redis.RedisError as error:
-            # Celery has acknowledged the message already, so the result is
-            # the only trace of the job. A thread keeps trying to publish it.
+            _settle(sender, request, job, reason)
+        except (redis.RedisError, OperationalError) as error:
+            # Celery has acknowledged the message already, so what happens
+            # next is the only trace of the job. A thread keeps trying.
             log.warning(
                 "job.discarded_result_retrying",
                 error=str(error),
                 window_s=PUBLISH_WINDOW_S,
             )
             threading.Thread(
-                target=_publish_with_retries,
-                args=(job, reason, ids),
+                target=_settle_with_retries,
+                args=(sender, request, job, reason, ids),
                 name="webhook-step-discard",
                 daemon=True,
             ).start()
+
+
+def _settle(sender: Any, request: Any, job: Any, reason: str) -> None:
+    """Publish a discarded job's Error result, or send the job again.
+
+    A message that reached a runner before, or that follows a call, may
+    belong to a job whose webhook has answered while the outcome was not
+    stored, for example because Redis was down. An Error result could then
+    contradict the webhook, so the job is sent again without an expires
+    time, under a new task id, and its call repeats with the same
+    Idempotency-Key.
+
+    Raises:
+        redis.RedisError: Redis was unreachable.
+        OperationalError: the broker was unreachable.
+    """
+    runner = get_runner()
+    if _may_have_run(runner, job, request):
+        sender.apply_async(
+            args=list(getattr(request, "args", None) or ()),
+            kwargs=dict(getattr(request, "kwargs", None) or {}),
+            task_id=uuid.uuid4().hex,
+            expires=None,
+            argsrepr=summarize(job),
+            kwargsrepr="{}",
+        )
+        log.warning(
+            "job.discard_resent",
+            reason=reason,
+            detail="a delivery of this job may have called the webhook already, "
+            "so it runs again without expires",
+        )
+        return
+    finished = runner.publish_discarded(job, reason)
+    if finished is not None and finished.published:
+        log.info("job.discarded_result_published")
+
+
+def _may_have_run(runner: StepRunner, job: Any, request: Any) -> bool:
+    kwargs = getattr(request, "kwargs", None)
+    progress = Progress.from_message(
+        kwargs.get(PROGRESS_KEY) if isinstance(kwargs, Mapping) else None
+    )
+    if progress.attempts:
+        return True
+    job_id = usable_job_id(job)
+    if runner.store is None or job_id is None:
+        return False
+    return runner.store.delivery_count(job_id, progress.message_name()) > 0
 
 
 def _dead_letter(request: Any, reason: str) -> None:
@@ -140,26 +192,26 @@ def _dead_letter(request: Any, reason: str) -> None:
         log.error("message.dead_letter_failed", kind="no_job_id", error=str(error))
 
 
-def _publish_with_retries(job: Any, reason: str, ids: dict[str, Any]) -> None:
+def _settle_with_retries(
+    sender: Any, request: Any, job: Any, reason: str, ids: dict[str, Any]
+) -> None:
     deadline = time.monotonic() + PUBLISH_WINDOW_S
     pause = 1.0
     with structlog.contextvars.bound_contextvars(**ids):
         while True:
             time.sleep(pause)
             try:
-                get_runner().publish_discarded(job, reason)
-            except redis.RedisError as error:
+                _settle(sender, request, job, reason)
+            except (redis.RedisError, OperationalError) as error:
                 if time.monotonic() + pause * 2 <= deadline:
                     pause = min(pause * 2, 10.0)
                     continue
                 log.error(
                     "job.discarded_result_failed",
                     error=str(error),
-                    fix="Redis stayed unreachable and Celery had already "
-                    "acknowledged the message; send the job again",
+                    fix="Redis or the broker stayed unreachable and Celery had "
+                    "already acknowledged the message; send the job again",
                 )
-                return
-            log.info("job.discarded_result_published")
             return
 
 

@@ -116,6 +116,10 @@ class Progress:
     # count towards the retry budget but not towards the result's Attempts.
     stopped: int = 0
 
+    def message_name(self) -> str:
+        """Return the name that counts the deliveries of this task message."""
+        return f"{self.attempts}:{self.reschedules}"
+
     def to_message(self) -> dict[str, Any]:
         return {
             "reschedules": self.reschedules,
@@ -243,9 +247,7 @@ class StepRunner:
         # One round trip: the stored result, or else this delivery's count.
         deliveries = 0
         if self.store is not None:
-            begun = self.store.begin_delivery(
-                job_id, f"{progress.attempts}:{progress.reschedules}"
-            )
+            begun = self.store.begin_delivery(job_id, progress.message_name())
             if isinstance(begun, StoredResult):
                 return self._stored_result(begun, job_fingerprint)
             deliveries = begun

@@ -176,6 +176,11 @@ class ResultStore:
             return StoredResult(_text(reply[1]), _text(reply[2]))
         return int(reply[1])
 
+    def delivery_count(self, job_id: str, message: str) -> int:
+        """Return how often the task message ``message`` of a job reached a runner."""
+        value = self.client.get(self._key("deliveries", f"{job_id}:{message}"))
+        return int(value) if value else 0
+
     def acquire_lease(self, job_id: str, token: str, ttl_ms: int) -> StoredResult | int:
         """Take the lease; return 0, the ms left on another's lease, or the result.
 

@@ -85,7 +85,9 @@ def execute(self: Task, *args: Any, **kwargs: Any) -> str | None:
             log.warning(
                 "job.redis_unavailable", error=str(error), retry_in_s=REDIS_RETRY_S
             )
-            _reschedule(self, REDIS_RETRY_S, summary)
+            # The webhook may have been called already, so the retry must run
+            # even after the job's expires time: it carries none.
+            _reschedule(self, REDIS_RETRY_S, summary, expires=None)
 
         if isinstance(outcome, Reschedule):
             log.info(
@@ -94,12 +96,16 @@ def execute(self: Task, *args: Any, **kwargs: Any) -> str | None:
                 reason=outcome.reason,
                 attempts=outcome.progress.attempts,
             )
+            # After a call, expires no longer applies: the job must run on
+            # until it has a result.
+            after_call = {"expires": None} if outcome.progress.attempts else {}
             _reschedule(
                 self,
                 outcome.countdown_s,
                 summary,
                 args=args,
                 kwargs={**kwargs, PROGRESS_KEY: outcome.progress.to_message()},
+                **after_call,
             )
         if isinstance(outcome, DeadLettered):
             return None

@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 
 from tests.reliability.common import args_json, job, wait_until, write_tenant
 from tests.support.redis_server import RedisServer
-from tests.support.webhook_server import Reply, WebhookServer
+from tests.support.webhook_server import Reply, Request, WebhookServer
 from tests.support.worker_process import (
     WorkerNames,
     read_stream,
@@ -168,9 +168,76 @@ def test_expired_copy_leaves_running_call(
     assert len(entries) == 1
     assert json.loads(entries[0].fields["result"])["ActionStatus"] == "Success"
     assert len(hook.requests_to("/hook")) == 1
-    skipped = [r for r in records if r.get("event") == "job.discard_skipped"]
-    assert len(skipped) == 1
-    assert skipped[0]["job_id"] == "copied-1"
+    # The copy's message had reached a runner before, so it was sent again
+    # instead of being turned into an Error; the running call's result stood.
+    resent = [r for r in records if r.get("event") == "job.discard_resent"]
+    assert len(resent) == 1
+    assert resent[0]["job_id"] == "copied-1"
+
+
+def test_retry_after_call_ignores_expires(
+    redis_server: RedisServer, config_dir: Path, tmp_path: Path, hook: WebhookServer
+) -> None:
+    calls = []
+
+    def fail_once(_request: Request) -> Reply:
+        calls.append(1)
+        return Reply.json("{}", status=503) if len(calls) == 1 else Reply.json("{}")
+
+    hook.route("/hook", fail_once)
+    names = WorkerNames.unique("retry-expires")
+    client = redis.Redis.from_url(redis_server.url)
+    with running_worker(
+        redis_url=redis_server.url,
+        config_dir=config_dir,
+        log_path=tmp_path / "worker.log",
+        names=names,
+        extra_env={"WEBHOOK_WORKER_MAX_RETRY_DELAY_S": "3"},
+    ) as worker:
+        expires = datetime.now(UTC) + timedelta(seconds=0.5)
+        client.lpush(
+            names.queue, expiring_envelope(names.queue, job("retry-1"), expires)
+        )
+        entries = wait_for_entries(client, names.result_stream, 1)
+        records = worker.log_records()
+
+    result = json.loads(entries[0].fields["result"])
+    assert result["ActionStatus"] == "Success"
+    assert result["Attempts"] == 2
+    rescheduled = [r for r in records if r.get("event") == "job.rescheduled"]
+    assert rescheduled, "the failed call was not retried"
+    # The retry came due after the job's expires time and still ran, without
+    # being discarded first.
+    events = {r.get("event") for r in records}
+    assert "job.discarded" not in events
+    assert "job.discard_resent" not in events
+
+
+def test_expired_after_earlier_delivery_runs_again(
+    redis_server: RedisServer, config_dir: Path, tmp_path: Path, hook: WebhookServer
+) -> None:
+    # The message reached a runner before and was requeued, for example after
+    # its result could not be published while Redis was down. Whether its
+    # call happened is unknown, so an Error result could contradict the
+    # webhook; the job must run again instead.
+    names = WorkerNames.unique("discard-rerun")
+    client = redis.Redis.from_url(redis_server.url)
+    client.set(f"{names.key_prefix}:deliveries:rerun-1:0:0", 1)
+    expired = datetime.now(UTC) - timedelta(minutes=1)
+    with running_worker(
+        redis_url=redis_server.url,
+        config_dir=config_dir,
+        log_path=tmp_path / "worker.log",
+        names=names,
+    ):
+        client.lpush(
+            names.queue, expiring_envelope(names.queue, job("rerun-1"), expired)
+        )
+        entries = wait_for_entries(client, names.result_stream, 1)
+
+    result = json.loads(entries[0].fields["result"])
+    assert result["ActionStatus"] == "Success"
+    assert len(hook.requests_to("/hook")) == 1
 
 
 def test_discarded_result_waits_for_redis(
@@ -185,6 +252,7 @@ def test_discarded_result_waits_for_redis(
     request = SimpleNamespace(
         id="task-late", args=[job("late-1")], expires="2026-01-01T00:00:00+00:00"
     )
+
     aof_redis.stop()
     restart = threading.Timer(1.5, aof_redis.start)
     with capture_logs() as logs:
@@ -200,6 +268,7 @@ def test_discarded_result_waits_for_redis(
             ),
             timeout_s=15,
         )
+
     assert published, "the discarded job's result was never published"
     assert runner.store is not None
     stored = runner.store.find_result("late-1")
