@@ -9,7 +9,7 @@ import structlog
 from celery import Celery, signals
 
 from worker import jsontext, metrics
-from worker.broker_transport import transport_for
+from worker.broker_transport import note_pool, transport_for
 from worker.celery_output import install_log_filters
 from worker.health import HealthBeat
 from worker.logs import configure_logging
@@ -131,6 +131,12 @@ def _check_before_start(**_kwargs: Any) -> None:
 def _start_metrics_server(**_kwargs: Any) -> None:
     # worker_ready is sent in the main process only, never in pool processes.
     metrics.start_metrics_server(_settings)
+
+
+@signals.worker_ready.connect
+def _note_pool(sender: Any = None, **_kwargs: Any) -> None:
+    # The sender is the consumer, which holds the worker's pool.
+    note_pool(getattr(sender, "pool", None))
 
 
 @signals.worker_shutdown.connect

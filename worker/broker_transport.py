@@ -27,7 +27,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import structlog
+from celery.concurrency.base import BasePool
 from celery.worker.state import active_requests
+from celery.worker.state import requests as worker_requests
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from redis import exceptions as redis_errors
@@ -51,6 +53,8 @@ RESTORE_WINDOW_S = 120.0
 # on a detached channel. This runs in the consumer's thread, so an
 # unreachable broker must not hold it for long.
 SPARE_TIMEOUT_S = 5.0
+# Set by note_pool when the worker is ready.
+_pool_keeps_queued = False
 # Errors that mean the broker cannot take writes for now. A replica that a
 # failover demoted rejects writes with READONLY, and a full Redis with OOM.
 # kombu's own list of connection errors also has KeyError and OSError, which
@@ -286,10 +290,33 @@ def _job_fields(message: Any) -> dict[str, Any]:
     return fields
 
 
+def note_pool(pool: Any) -> None:
+    """Record whether ``pool`` keeps the tasks queued in it across a reconnect.
+
+    Celery's thread pool runs every task handed to it, also after a lost
+    broker connection; the prefork pool discards those it has not started
+    (its ``flush``). Putting a kept task back on the queue as well would run
+    its job twice.
+    """
+    global _pool_keeps_queued
+    # The prefork pool sets its flush on the instance when it starts.
+    flush = getattr(pool, "flush", None)
+    _pool_keeps_queued = flush is None or getattr(flush, "__func__", None) is (
+        BasePool.flush
+    )
+
+
 def _running_tags() -> set[str]:
-    """Return the delivery tags of the jobs that Celery's pool runs now."""
+    """Return the delivery tags of the jobs that the pool runs now or will run."""
+    requests = set(active_requests)
+    if _pool_keeps_queued:
+        requests.update(
+            request
+            for request in tuple(worker_requests.values())
+            if getattr(request, "_apply_result", None) is not None
+        )
     tags = set()
-    for request in tuple(active_requests):
+    for request in requests:
         tag = getattr(getattr(request, "message", None), "delivery_tag", None)
         if isinstance(tag, str):
             tags.add(tag)

@@ -16,10 +16,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from celery.worker.state import active_requests
+from celery.worker.state import requests as worker_requests
 from kombu import Connection
 from structlog.testing import capture_logs
 
@@ -171,6 +173,25 @@ def running(message: Any) -> Iterator[None]:
         yield
     finally:
         active_requests.discard(request)
+
+
+class QueuedJob(RunningJob):
+    """Stand-in for a request that Celery handed to the pool, not yet started."""
+
+    _apply_result = object()
+
+
+@pytest.mark.parametrize("pool_keeps_queued", [True, False])
+def test_queued_job_counts_as_running(
+    monkeypatch: pytest.MonkeyPatch, pool_keeps_queued: bool
+) -> None:
+    monkeypatch.setattr(broker_transport, "_pool_keeps_queued", pool_keeps_queued)
+    queued = QueuedJob(SimpleNamespace(delivery_tag="tag-queued"))
+    monkeypatch.setitem(worker_requests, "task-queued", queued)
+    running_tags = broker_transport._running_tags()
+    # The thread pool runs a queued job after a reconnect, so it must not be
+    # put back on the queue as well; the prefork pool drops it.
+    assert ("tag-queued" in running_tags) is pool_keeps_queued
 
 
 def detach_like_celery(connection: Connection, channel: Any) -> None:
