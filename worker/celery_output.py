@@ -13,12 +13,14 @@ import logging
 import re
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from celery.exceptions import InvalidTaskError
 from celery.worker.request import Request
+
+from worker.settings import get_settings
 
 _FIELD = re.compile(r'\\?"(JobId|ActionStatus|CancelWorkflow)\\?":\s*\\?"?([^",\\]*)')
 
@@ -40,28 +42,49 @@ def body_shape_problem(body: Any) -> str | None:
     return None
 
 
-def header_time_problem(headers: dict[str, Any]) -> str | None:
+def header_time_problem(
+    headers: dict[str, Any], *, max_eta_ahead_s: float | None = None
+) -> str | None:
     """Return why a task message's ``eta`` or ``expires`` header is unusable, or None.
 
-    Celery expects an ISO 8601 time or null and fails with an unrelated error
-    on anything else, such as a number or an empty string.
+    Celery expects an ISO 8601 time or null, and fails with an unrelated error
+    on anything else, such as a number, an empty string or a time that does
+    not convert to UTC. An ``eta`` more than ``max_eta_ahead_s`` ahead is
+    refused too: Redis would hand the held message to another worker first.
     """
     for name in ("eta", "expires"):
         value = headers.get(name)
         if value is None:
             continue
-        if isinstance(value, str) and value.strip():
-            try:
-                datetime.fromisoformat(value)
-            except ValueError:
-                pass
-            else:
-                continue
-        return (
-            f"the task message header {name!r} must be an ISO 8601 time such as "
-            f"2026-01-31T12:00:00+00:00, or null; got {value!r:.60}"
-        )
+        moment = _utc_time(value)
+        if moment is None:
+            return (
+                f"the task message header {name!r} must be an ISO 8601 time such "
+                f"as 2026-01-31T12:00:00+00:00, or null; got {value!r:.60}"
+            )
+        if name == "eta" and max_eta_ahead_s is not None:
+            ahead_s = (moment - datetime.now(UTC)).total_seconds()
+            if ahead_s > max_eta_ahead_s:
+                return (
+                    f"the task message header 'eta' is {ahead_s:.0f} s ahead, more "
+                    f"than VISIBILITY_TIMEOUT_S ({max_eta_ahead_s:g} s), so Redis "
+                    "would hand the message to another worker while this one holds "
+                    "it; send the job closer to its time"
+                )
     return None
+
+
+def _utc_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            # Taken as UTC; the checks here do not need the worker's zone.
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
 
 
 def summarize_result(text: Any) -> str:
@@ -95,7 +118,10 @@ class SummarizingRequest(Request):  # type: ignore[misc]
 
     def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
         headers = getattr(message, "headers", None)
-        problem = header_time_problem(headers if isinstance(headers, dict) else {})
+        problem = header_time_problem(
+            headers if isinstance(headers, dict) else {},
+            max_eta_ahead_s=get_settings().visibility_timeout_s,
+        )
         if problem is not None:
             raise InvalidTaskError(problem)
         try:

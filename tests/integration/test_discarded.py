@@ -290,10 +290,13 @@ def test_discarded_result_waits_for_redis(
         ({"expires": 1767225600.5}, "'expires' must be an ISO 8601 time"),
         ({"expires": ""}, "'expires' must be an ISO 8601 time"),
         ({"eta": "tomorrow"}, "'eta' must be an ISO 8601 time"),
+        # Valid ISO 8601, but before year 1 in UTC.
+        ({"eta": "0001-01-01T00:00:00+14:00"}, "'eta' must be an ISO 8601 time"),
+        ({"eta": "9999-01-01T00:00:00+00:00"}, "more than VISIBILITY_TIMEOUT_S"),
     ],
 )
 def test_header_time_problem(headers: dict[str, object], expected: str | None) -> None:
-    problem = header_time_problem(headers)
+    problem = header_time_problem(headers, max_eta_ahead_s=3600)
     if expected is None:
         assert problem is None
     else:
