@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from contextlib import AbstractContextManager as ContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,6 +25,7 @@ from tests.support.redis_server import RedisServer
 from tests.support.webhook_server import Reply, Request, WebhookServer
 from tests.support.worker_process import (
     WorkerNames,
+    WorkerProcess,
     read_stream,
     running_worker,
     wait_for_entries,
@@ -43,6 +45,23 @@ def expiring_envelope(
     message = json.loads(task_envelope(queue, args_json(document)))
     message["headers"]["expires"] = expires.isoformat()
     return json.dumps(message)
+
+
+def worker_for(
+    redis_server: RedisServer,
+    config_dir: Path,
+    tmp_path: Path,
+    names: WorkerNames,
+    extra_env: dict[str, str] | None = None,
+) -> ContextManager[WorkerProcess]:
+    """Return a running-worker context on the test's Redis, tenants and names."""
+    return running_worker(
+        redis_url=redis_server.url,
+        config_dir=config_dir,
+        log_path=tmp_path / "worker.log",
+        names=names,
+        extra_env=extra_env,
+    )
 
 
 @pytest.fixture
@@ -74,12 +93,7 @@ def test_expired_jobs_get_error_results(
         expiring_envelope(names.queue, job(None), now - timedelta(minutes=1)),
     ]
 
-    with running_worker(
-        redis_url=redis_server.url,
-        config_dir=config_dir,
-        log_path=tmp_path / "worker.log",
-        names=names,
-    ) as worker:
+    with worker_for(redis_server, config_dir, tmp_path, names) as worker:
         for text in envelopes:
             client.lpush(names.queue, text)
         entries = wait_for_entries(client, names.result_stream, 3)
@@ -113,12 +127,7 @@ def test_revoked_job_gets_error_result(
     names = WorkerNames.unique("revoke")
     client = redis.Redis.from_url(redis_server.url)
     control = Celery(broker=redis_server.url)
-    with running_worker(
-        redis_url=redis_server.url,
-        config_dir=config_dir,
-        log_path=tmp_path / "worker.log",
-        names=names,
-    ):
+    with worker_for(redis_server, config_dir, tmp_path, names):
         # An operator revokes the task id before the message arrives.
         replies = control.control.revoke(
             "revoked-task-1", reply=True, timeout=5, limit=1
@@ -149,12 +158,7 @@ def test_expired_copy_leaves_running_call(
     names = WorkerNames.unique("discard-copy")
     client = redis.Redis.from_url(redis_server.url)
     document = job("copied-1")
-    with running_worker(
-        redis_url=redis_server.url,
-        config_dir=config_dir,
-        log_path=tmp_path / "worker.log",
-        names=names,
-    ) as worker:
+    with worker_for(redis_server, config_dir, tmp_path, names) as worker:
         client.lpush(names.queue, task_envelope(names.queue, args_json(document)))
         wait_until(lambda: len(hook.requests_to("/hook")) == 1, timeout_s=10)
         expired = datetime.now(UTC) - timedelta(minutes=1)
@@ -187,12 +191,12 @@ def test_retry_after_call_ignores_expires(
     hook.route("/hook", fail_once)
     names = WorkerNames.unique("retry-expires")
     client = redis.Redis.from_url(redis_server.url)
-    with running_worker(
-        redis_url=redis_server.url,
-        config_dir=config_dir,
-        log_path=tmp_path / "worker.log",
-        names=names,
-        extra_env={"WEBHOOK_WORKER_MAX_RETRY_DELAY_S": "3"},
+    with worker_for(
+        redis_server,
+        config_dir,
+        tmp_path,
+        names,
+        {"WEBHOOK_WORKER_MAX_RETRY_DELAY_S": "3"},
     ) as worker:
         expires = datetime.now(UTC) + timedelta(seconds=0.5)
         client.lpush(
@@ -224,12 +228,7 @@ def test_expired_after_earlier_delivery_runs_again(
     client = redis.Redis.from_url(redis_server.url)
     client.set(f"{names.key_prefix}:deliveries:rerun-1:0:0", 1)
     expired = datetime.now(UTC) - timedelta(minutes=1)
-    with running_worker(
-        redis_url=redis_server.url,
-        config_dir=config_dir,
-        log_path=tmp_path / "worker.log",
-        names=names,
-    ):
+    with worker_for(redis_server, config_dir, tmp_path, names):
         client.lpush(
             names.queue, expiring_envelope(names.queue, job("rerun-1"), expired)
         )
@@ -311,12 +310,7 @@ def test_malformed_expires_gets_error_result(
     client = redis.Redis.from_url(redis_server.url)
     message = json.loads(task_envelope(names.queue, args_json(job("bad-exp-1"))))
     message["headers"]["expires"] = 1767225600.5
-    with running_worker(
-        redis_url=redis_server.url,
-        config_dir=config_dir,
-        log_path=tmp_path / "worker.log",
-        names=names,
-    ):
+    with worker_for(redis_server, config_dir, tmp_path, names):
         client.lpush(names.queue, json.dumps(message))
         entries = wait_for_entries(client, names.result_stream, 1)
 
