@@ -135,7 +135,7 @@ def _start_metrics_server(**_kwargs: Any) -> None:
 
 @signals.worker_ready.connect
 def _note_pool(sender: Any = None, **_kwargs: Any) -> None:
-    # The sender is the consumer, which holds the worker's pool.
+    # The sender is the consumer, whose pool attribute is the worker's pool.
     note_pool(getattr(sender, "pool", None))
 
 

@@ -294,9 +294,8 @@ def note_pool(pool: Any) -> None:
     """Record whether ``pool`` keeps the tasks queued in it across a reconnect.
 
     Celery's thread pool runs every task handed to it, also after a lost
-    broker connection; the prefork pool discards those it has not started
-    (its ``flush``). Putting a kept task back on the queue as well would run
-    its job twice.
+    broker connection. The prefork pool's ``flush`` discards those it has not
+    started. A kept task that also went back on the queue would run twice.
     """
     global _pool_keeps_queued
     # The prefork pool sets its flush on the instance when it starts.

@@ -344,8 +344,8 @@ def load_settings() -> WorkerSettings:
         return WorkerSettings()
     except ValidationError as error:
         problems = "; ".join(_describe_problem(item) for item in error.errors())
-        # Not chained: the validation error holds every input value, URLs with
-        # their passwords included, and a traceback would print it.
+        # Not chained, because the validation error contains every input value,
+        # URLs with their passwords included, and a traceback would print it.
         raise ConfigError(f"invalid worker settings: {problems}") from None
 
 

@@ -189,8 +189,8 @@ def test_queued_job_counts_as_running(
     queued = QueuedJob(SimpleNamespace(delivery_tag="tag-queued"))
     monkeypatch.setitem(worker_requests, "task-queued", queued)
     running_tags = broker_transport._running_tags()
-    # The thread pool runs a queued job after a reconnect, so it must not be
-    # put back on the queue as well; the prefork pool drops it.
+    # The thread pool runs a queued job after a reconnect, so the job must not
+    # go back on the queue as well. The prefork pool drops it instead.
     assert ("tag-queued" in running_tags) is pool_keeps_queued
 
 

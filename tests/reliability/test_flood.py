@@ -47,8 +47,8 @@ MAX_RSS_MB = 300
 MAX_IMMEDIATE_LATENCY_S = 120.0
 # The immediate jobs queue in the pool behind the delayed jobs that came due
 # before them. On a quiet machine they finish a few seconds before the last
-# delayed job; on a loaded one, as in a CI run where the last immediate job
-# ended 0.05 s after it, the two tie. This margin allows the tie.
+# delayed job. On a loaded one the two tie: in one CI run the last immediate
+# job ended 0.05 s after the last delayed one. This margin allows the tie.
 LAST_JOB_MARGIN_S = 2.0
 
 

@@ -201,7 +201,7 @@ class WorkerProcess:
         """Return the process state and its last warnings, errors and raw lines.
 
         Meant for a failed test's message. Lines about jobs that went well
-        are left out, so the worker's own trouble stands out.
+        are left out, so the worker's own errors are easy to find.
         """
         shown_lines = []
         for line in self.log_text().splitlines():

@@ -83,7 +83,7 @@ def test_invalid_url_setting(
     message = str(caught.value)
     assert f"WEBHOOK_WORKER_{variable}: " in message
     assert expected in message
-    # Each message says what to do next.
+    # Each message names the fix.
     fix = "redis://host:port/db" if "scheme" in expected else "percent-encode"
     assert fix in message
     # The URL may hold a password, so the message never repeats it.
